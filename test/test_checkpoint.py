@@ -1,0 +1,77 @@
+"""A checkpoint rebuilds the same model; anything else is refused with a message naming the problem."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from jepa_wm.core.checkpoint import CheckpointError, load_checkpoint, read_header, save_checkpoint
+from jepa_wm.core.config import ModelConfig
+from jepa_wm.core.model import build_model, preprocess
+
+
+@pytest.fixture
+def saved(tmp_path):
+    cfg = ModelConfig.preset("tiny", history=4)
+    model = build_model(cfg).eval()
+    model.action_mean.copy_(torch.tensor([0.1, 0.2, 0.3]))
+    meta = {"joint_names": ["a", "b", "c"], "surprise": {"threshold": 3.2, "consecutive": 2, "scale": 0.01}}
+    return save_checkpoint(tmp_path / "m.safetensors", model, meta), model, meta
+
+
+def test_round_trip_restores_config_weights_and_meta(saved):
+    path, model, meta = saved
+    loaded, loaded_meta = load_checkpoint(path)
+    assert loaded.cfg == model.cfg and loaded.cfg.history == 4  # history comes from the checkpoint
+    assert loaded_meta == meta
+    px = preprocess(torch.randint(0, 255, (2, 32, 32, 3), dtype=torch.uint8), 32)
+    assert torch.equal(loaded.encode(px), model.encode(px))
+    assert torch.equal(loaded.action_mean, model.action_mean)
+    assert not loaded.training
+
+
+def test_mismatched_config_names_both_sides(saved):
+    path, model, _ = saved
+    other = ModelConfig.preset("tiny", history=3, latent_dim=24)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path, expected_config=other)
+    msg = str(err.value)
+    assert str(path) in msg and "history: checkpoint 4 vs expected 3" in msg and "latent_dim: checkpoint 16 vs expected 24" in msg
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
+def test_corrupt_files_are_refused(saved, damage):
+    path, _, _ = saved
+    data = path.read_bytes()
+    path.write_bytes({"truncate": data[: len(data) // 2], "garbage": b"\x00not a checkpoint" * 10, "empty": b""}[damage])
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(path)
+
+
+def test_missing_file_and_foreign_safetensors_are_refused(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "nope.safetensors")
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"w": torch.zeros(2)}, str(foreign))
+    with pytest.raises(CheckpointError, match="not a jepa_wm checkpoint"):
+        read_header(foreign)
+
+
+def test_weights_that_do_not_fit_the_stored_config_are_refused(saved, tmp_path):
+    path, model, meta = saved
+    header = read_header(path)
+    header["model_config"]["pred_depth"] = 3
+    bad = tmp_path / "bad.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(bad), metadata={"jepa_wm": json.dumps(header)})
+    with pytest.raises(CheckpointError, match="do not fit its config"):
+        load_checkpoint(bad)
+
+
+def test_failed_save_keeps_the_previous_checkpoint(saved):
+    path, model, meta = saved
+    before = path.read_bytes()
+    with pytest.raises(TypeError):
+        save_checkpoint(path, model, {"unserialisable": object()})
+    assert path.read_bytes() == before
+    assert [p.name for p in path.parent.iterdir()] == [path.name]

@@ -1,0 +1,55 @@
+"""Surprise flags injected events, not nominal noise, at the rate calibration promises."""
+
+import numpy as np
+import pytest
+
+from jepa_wm.core.surprise import SurpriseDetector, calibrate, detect_offline, surprise_score
+
+
+def nominal_errors(rng, n):
+    # Prediction errors of a good model: positive, right-skewed (chi-square-like).
+    return rng.chisquare(8, size=n) / 8 * 0.02
+
+
+def test_score_is_normalised_mse_per_frame():
+    pred = np.zeros((4, 8))
+    obs = np.ones((4, 8)) * np.arange(4)[:, None]
+    np.testing.assert_allclose(surprise_score(pred, obs, scale=2.0), [0.0, 0.5, 2.0, 4.5])
+    assert isinstance(surprise_score(pred[0], obs[1]), float)
+    with pytest.raises(ValueError, match="shape"):
+        surprise_score(np.zeros(8), np.zeros(7))
+
+
+def test_calibrated_detector_ignores_nominal_noise_and_catches_events_within_two_frames():
+    rng = np.random.default_rng(0)
+    cal = calibrate(nominal_errors(rng, 20000), quantile=0.999, margin=1.5, consecutive=2)
+    assert 0.8 < cal.scale / 0.02 < 1.1  # the median of the nominal errors
+    # Fresh nominal episodes: no stop at all.
+    fresh = nominal_errors(rng, 50 * 100) / cal.scale
+    assert not detect_offline(fresh, cal.threshold, cal.consecutive, [100] * 50).any()
+    # An event that multiplies the error by 20 from frame 40 on trips at frame 41.
+    episode = nominal_errors(rng, 100)
+    episode[40:] *= 20
+    trips = detect_offline(episode / cal.scale, cal.threshold, cal.consecutive)
+    assert trips.argmax() == 41
+
+
+def test_single_noisy_frame_does_not_trip_but_two_in_a_row_do():
+    det = SurpriseDetector(threshold=5.0, consecutive=2)
+    assert [det.update(s) for s in [1, 9, 1, 9, 1]] == [False] * 5
+    assert [det.update(s) for s in [9, 9]] == [False, True]
+    det.reset()
+    assert det.update(9) is False
+
+
+def test_nan_score_is_treated_as_surprising():
+    det = SurpriseDetector(threshold=5.0, consecutive=2)
+    assert det.update(float("nan")) is False and det.update(float("nan")) is True
+
+
+def test_false_trip_rate_matches_the_quantile():
+    rng = np.random.default_rng(1)
+    cal = calibrate(nominal_errors(rng, 20000), quantile=0.95, margin=1.0, consecutive=1)
+    assert 0.04 < cal.false_trip_rate < 0.06
+    with pytest.raises(ValueError, match="at least 20"):
+        calibrate([0.1] * 5)
