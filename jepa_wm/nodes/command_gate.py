@@ -1,0 +1,373 @@
+"""Command gate: the only publisher to the arm's controller.
+
+Inputs, twist_mux style: `teleop` and `autonomy`, each on
+`<input>/joint_trajectory` (JointTrajectory) and `<input>/commands`
+(Float64MultiArray, one position per joint in `joint_names` order), each with a
+priority and a timeout. The freshest highest-priority input wins; any teleop
+message pre-empts autonomy (and, by default, disengages it: autonomy needs an
+explicit re-engage after a human took over). Autonomy is forwarded only while
+engaged (`~/engage`, std_srvs/SetBool), no protective stop is latched on the
+stop topic, and (by default) the stop topic has a live publisher, i.e. the
+monitor is running.
+
+Whenever output stops being forwarded (stop, disengage, the active input goes
+stale, the monitor disappears) the gate publishes one HOLD at the measured
+joint position captured at that moment; it never replays a stale command.
+Commands received before an engage, or older than the input timeout, are
+dropped. `~/state` (std_msgs/String, JSON, latched) tells the planner and the
+monitor what the gate is doing, so engaging is bumpless: the planner restarts
+from the measured state when it sees `"mode": "autonomy"` appear.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.node import Node
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Bool, Float64MultiArray, String
+from std_srvs.srv import SetBool
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+from jepa_wm.nodes.common import (
+    DEFAULT_STOP_TOPIC,
+    LATCHED_QOS,
+    RELIABLE_QOS,
+    check_limits,
+    declare,
+    main_for,
+    require,
+    seconds,
+)
+
+CONTROLLER_TYPES = ("joint_trajectory", "forward_command")
+
+
+class Input:
+    """One command source: priority, timeout and its last accepted command (positions per joint)."""
+
+    def __init__(self, name: str, priority: int, timeout: float):
+        self.name, self.priority, self.timeout = name, priority, timeout
+        self.last_ns: int | None = None  # receipt time of the last accepted command
+        self.trajectory: JointTrajectory | None = None  # reordered to joint_names
+        self.count = 0
+
+    def fresh(self, now_ns: int) -> bool:
+        return self.last_ns is not None and now_ns - self.last_ns <= self.timeout * 1e9
+
+    def clear(self):
+        self.last_ns, self.trajectory = None, None
+
+
+class CommandGate(Node):
+    def __init__(self, **kwargs):
+        super().__init__("command_gate", **kwargs)
+        p = self._params()
+        self.joint_names = p["joint_names"]
+        self.inputs = {
+            "teleop": Input("teleop", p["teleop_priority"], p["teleop_timeout"]),
+            "autonomy": Input("autonomy", p["autonomy_priority"], p["autonomy_timeout"]),
+        }
+        self.engaged = False
+        self.engaged_ns = 0
+        self.stopped = False
+        self.stop_reason = ""
+        self.measured: np.ndarray | None = None
+        self.measured_ns: int | None = None
+        self.mode = "hold"  # hold | teleop | autonomy | stopped
+        self.reason = "starting: autonomy disengaged"
+        self.hold_position: list | None = None
+        self.forwarded = 0
+
+        if p["controller_type"] == "joint_trajectory":
+            self.out_topic = f"{p['controller_name']}/joint_trajectory"
+            self.out = self.create_publisher(JointTrajectory, self.out_topic, RELIABLE_QOS)
+        else:
+            self.out_topic = f"{p['controller_name']}/commands"
+            self.out = self.create_publisher(Float64MultiArray, self.out_topic, RELIABLE_QOS)
+        for name, topic in (("teleop", p["teleop_topic"]), ("autonomy", p["autonomy_topic"])):
+            self.create_subscription(JointTrajectory, f"{topic}/joint_trajectory",
+                                     lambda m, n=name: self._on_trajectory(n, m), RELIABLE_QOS)
+            self.create_subscription(Float64MultiArray, f"{topic}/commands",
+                                     lambda m, n=name: self._on_array(n, m), RELIABLE_QOS)
+        self.create_subscription(Bool, p["stop_topic"], self._on_stop, LATCHED_QOS)
+        self.create_subscription(JointState, p["joint_states_topic"], self._on_joint_states, RELIABLE_QOS)
+        self.state_pub = self.create_publisher(String, "~/state", LATCHED_QOS)
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", RELIABLE_QOS)
+        self.create_service(SetBool, "~/engage", self._on_engage)
+        self.create_timer(1.0 / p["rate"], self._tick)
+        self.create_timer(1.0, self._diagnostics)
+        self._publish_state()
+        self.get_logger().info(
+            f"gate up: output {self.out.topic_name} ({p['controller_type']}), joints {self.joint_names}, "
+            f"teleop '{p['teleop_topic']}' (priority {p['teleop_priority']}, {p['teleop_timeout']} s), "
+            f"autonomy '{p['autonomy_topic']}' (priority {p['autonomy_priority']}, {p['autonomy_timeout']} s), "
+            f"stop latch '{p['stop_topic']}'"
+        )
+
+    # ------------------------------------------------------------------ parameters
+
+    def _params(self) -> dict:
+        d = lambda *a, **k: declare(self, *a, **k)  # noqa: E731
+        p = {
+            "controller_type": d("controller_type", "joint_trajectory",
+                                 "'joint_trajectory' (JointTrajectory on <controller_name>/joint_trajectory) or "
+                                 "'forward_command' (Float64MultiArray on <controller_name>/commands)"),
+            "controller_name": d("controller_name", "/arm_controller", "controller namespace the gate publishes to"),
+            "joint_names": d("joint_names", None, "the controller's joints, in its order", kind="str[]"),
+            "joint_lower_limits": d("joint_lower_limits", [], "optional lower position limits (rad), one per joint", kind="float[]"),
+            "joint_upper_limits": d("joint_upper_limits", [], "optional upper position limits (rad), one per joint", kind="float[]"),
+            "teleop_topic": d("teleop_topic", "~/teleop", "teleop input namespace (<ns>/joint_trajectory, <ns>/commands)"),
+            "teleop_priority": d("teleop_priority", 100, "teleop priority (higher wins)"),
+            "teleop_timeout": d("teleop_timeout", 0.5, "teleop input goes stale after this many seconds"),
+            "teleop_disengages": d("teleop_disengages", True, "teleop activity disengages autonomy (re-engage explicitly)"),
+            "autonomy_topic": d("autonomy_topic", "~/autonomy", "autonomy (planner) input namespace"),
+            "autonomy_priority": d("autonomy_priority", 10, "autonomy priority (higher wins)"),
+            "autonomy_timeout": d("autonomy_timeout", 0.3, "autonomy input goes stale after this many seconds: hold"),
+            "stop_topic": d("stop_topic", DEFAULT_STOP_TOPIC, "latched protective stop (std_msgs/Bool, transient local)"),
+            "require_monitor": d("require_monitor", True, "forward autonomy only while the stop topic has a publisher"),
+            "joint_states_topic": d("joint_states_topic", "/joint_states", "measured joint positions"),
+            "joint_states_timeout": d("joint_states_timeout", 0.5, "joint states older than this block engaging"),
+            "command_duration": d("command_duration", 0.1, "time_from_start (s) given to a Float64MultiArray forwarded as a trajectory"),
+            "rate": d("rate", 50.0, "rate (Hz) at which timeouts are checked"),
+        }
+        require(p["controller_type"] in CONTROLLER_TYPES, "controller_type",
+                f"is {p['controller_type']!r}; set it to one of {list(CONTROLLER_TYPES)}")
+        require(len(p["joint_names"]) > 0 and all(p["joint_names"]), "joint_names",
+                "is empty: set it to the controller's joint names")
+        require(len(set(p["joint_names"])) == len(p["joint_names"]), "joint_names", "has duplicates")
+        for k in ("teleop_timeout", "autonomy_timeout", "joint_states_timeout", "rate", "command_duration"):
+            require(p[k] > 0 and math.isfinite(p[k]), k, f"is {p[k]}; it must be a positive number")
+        require(p["teleop_priority"] != p["autonomy_priority"], "teleop_priority", "must differ from autonomy_priority")
+        self.limits = check_limits(p["joint_names"], p["joint_lower_limits"], p["joint_upper_limits"])
+        self.p = p
+        return p
+
+    # ------------------------------------------------------------------ inputs
+
+    def _now(self) -> int:
+        return self.get_clock().now().nanoseconds
+
+    def _on_trajectory(self, name: str, msg: JointTrajectory):
+        if not msg.points:
+            self._reject(name, "empty trajectory (no points)")
+            return
+        try:
+            index = [list(msg.joint_names).index(j) for j in self.joint_names]
+        except ValueError:
+            self._reject(name, f"joint_names {list(msg.joint_names)} do not cover {self.joint_names}")
+            return
+        out = JointTrajectory(joint_names=list(self.joint_names))
+        previous = -1
+        for pt in msg.points:
+            if len(pt.positions) != len(msg.joint_names):
+                self._reject(name, f"a point has {len(pt.positions)} positions for {len(msg.joint_names)} joints")
+                return
+            t = pt.time_from_start.sec * 1_000_000_000 + pt.time_from_start.nanosec
+            if t <= previous:
+                self._reject(name, "time_from_start is not strictly increasing")
+                return
+            previous = t
+            pos = np.asarray([pt.positions[i] for i in index], dtype=float)
+            if not np.all(np.isfinite(pos)):
+                self._reject(name, "non-finite position")
+                return
+            q = JointTrajectoryPoint(positions=self._clip(pos).tolist(), time_from_start=pt.time_from_start)
+            if len(pt.velocities) == len(msg.joint_names):
+                q.velocities = [float(pt.velocities[i]) for i in index]
+            out.points.append(q)
+        self._accept(name, out)
+
+    def _on_array(self, name: str, msg: Float64MultiArray):
+        pos = np.asarray(msg.data, dtype=float)
+        if pos.size != len(self.joint_names) or not np.all(np.isfinite(pos)):
+            self._reject(name, f"expected {len(self.joint_names)} finite positions, got {list(msg.data)}")
+            return
+        pt = JointTrajectoryPoint(positions=self._clip(pos).tolist(),
+                                  time_from_start=seconds(self.p["command_duration"]).to_msg())
+        self._accept(name, JointTrajectory(joint_names=list(self.joint_names), points=[pt]))
+
+    def _clip(self, pos):
+        lo, hi = self.limits
+        return pos if lo is None else np.clip(pos, lo, hi)
+
+    def _reject(self, name: str, why: str):
+        self.get_logger().warn(f"dropping {name} command: {why}", throttle_duration_sec=2.0)
+
+    def _accept(self, name: str, traj: JointTrajectory):
+        now = self._now()
+        inp = self.inputs[name]
+        inp.last_ns, inp.trajectory = now, traj
+        inp.count += 1
+        if name == "teleop" and self.engaged and self.p["teleop_disengages"]:
+            self._set_engaged(False, "teleop pre-empted autonomy")
+        self._update(now)
+        if self.mode == name:
+            self._forward(traj)
+
+    def _on_stop(self, msg: Bool):
+        if bool(msg.data) != self.stopped:
+            self.stopped = bool(msg.data)
+            self.get_logger().warn("protective stop latched" if self.stopped else "protective stop cleared")
+            if self.stopped:
+                self._set_engaged(False, "protective stop")
+        self._update(self._now())
+
+    def _on_joint_states(self, msg: JointState):
+        try:
+            idx = [list(msg.name).index(j) for j in self.joint_names]
+            pos = np.asarray([msg.position[i] for i in idx], dtype=float)
+        except (ValueError, IndexError):
+            self.get_logger().warn(f"joint_states {list(msg.name)} lack some of {self.joint_names}",
+                                   throttle_duration_sec=5.0)
+            return
+        self.measured, self.measured_ns = pos, self._now()
+
+    def _on_engage(self, req: SetBool.Request, res: SetBool.Response):
+        now = self._now()
+        if req.data:
+            problem = self._engage_problem(now)
+            if problem:
+                res.success, res.message = False, f"not engaged: {problem}"
+                return res
+            self._set_engaged(True, "engaged by request")
+            res.success, res.message = True, "engaged: forwarding fresh autonomy commands"
+        else:
+            self._set_engaged(False, "disengaged by request")
+            res.success, res.message = True, "disengaged: holding"
+        self._update(now)
+        return res
+
+    def _engage_problem(self, now: int) -> str:
+        if self.stopped:
+            return f"protective stop latched on {self.p['stop_topic']}; reset the monitor first"
+        if self.p["require_monitor"] and self.count_publishers(self.p["stop_topic"]) == 0:
+            return f"no monitor publishes {self.p['stop_topic']}"
+        if self.measured_ns is None or now - self.measured_ns > self.p["joint_states_timeout"] * 1e9:
+            return f"no fresh joint states on {self.p['joint_states_topic']}"
+        if self.inputs["teleop"].fresh(now):
+            return "teleop is active"
+        return ""
+
+    def _set_engaged(self, engaged: bool, why: str):
+        if engaged != self.engaged:
+            self.engaged = engaged
+            self.engaged_ns = self._now()
+            # Only commands sent after this engage are forwarded: never a stale one from before.
+            self.inputs["autonomy"].clear()
+            self.get_logger().info(f"autonomy {'engaged' if engaged else 'disengaged'}: {why}")
+        self.reason = why
+
+    # ------------------------------------------------------------------ arbitration
+
+    def _choose(self, now: int):
+        """(mode, reason): which input is forwarded now, or why the gate holds."""
+        if self.stopped:
+            return "stopped", "protective stop latched"
+        candidates = []
+        if self.inputs["teleop"].fresh(now):
+            candidates.append(self.inputs["teleop"])
+        if self.engaged:
+            if self.p["require_monitor"] and self.count_publishers(self.p["stop_topic"]) == 0:
+                self._set_engaged(False, f"monitor gone: no publisher on {self.p['stop_topic']}")
+            elif self.inputs["autonomy"].fresh(now):
+                candidates.append(self.inputs["autonomy"])
+        if candidates:
+            best = max(candidates, key=lambda i: i.priority)
+            return best.name, f"forwarding {best.name}"
+        if self.engaged:
+            a = self.inputs["autonomy"]
+            return "hold", ("engaged, waiting for autonomy commands" if a.last_ns is None
+                            else f"autonomy silent for more than {a.timeout} s")
+        if self.mode == "teleop":
+            return "hold", f"teleop silent for more than {self.inputs['teleop'].timeout} s"
+        return "hold", self.reason if not self.engaged else "autonomy disengaged"
+
+    def _update(self, now: int):
+        mode, why = self._choose(now)
+        if mode == self.mode:
+            return
+        previous, self.mode = self.mode, mode
+        if mode in ("hold", "stopped"):
+            self._hold(f"{previous} -> {mode}: {why}")
+        else:
+            self.hold_position = None
+            self.get_logger().info(f"{previous} -> {mode}")
+        self._publish_state(why)
+
+    def _tick(self):
+        self._update(self._now())
+
+    # ------------------------------------------------------------------ output
+
+    def _forward(self, traj: JointTrajectory):
+        self.forwarded += 1
+        if self.p["controller_type"] == "joint_trajectory":
+            traj.header.stamp = self.get_clock().now().to_msg()
+            self.out.publish(traj)
+        else:
+            self.out.publish(Float64MultiArray(data=list(traj.points[0].positions)))
+
+    def _hold(self, why: str):
+        """Publish one hold at the measured position, captured now."""
+        if self.measured is None:
+            self.hold_position = None
+            if self.p["controller_type"] == "joint_trajectory":
+                # An empty trajectory makes joint_trajectory_controller stop and hold where it is.
+                msg = JointTrajectory(joint_names=list(self.joint_names))
+                msg.header.stamp = self.get_clock().now().to_msg()
+                self.out.publish(msg)
+            self.get_logger().warn(f"HOLD ({why}) without a measured position yet")
+            return
+        pos = self._clip(self.measured.copy())
+        self.hold_position = pos.tolist()
+        if self.p["controller_type"] == "joint_trajectory":
+            pt = JointTrajectoryPoint(positions=self.hold_position, velocities=[0.0] * len(pos),
+                                      time_from_start=seconds(self.p["command_duration"]).to_msg())
+            msg = JointTrajectory(joint_names=list(self.joint_names), points=[pt])
+            msg.header.stamp = self.get_clock().now().to_msg()
+            self.out.publish(msg)
+        else:
+            self.out.publish(Float64MultiArray(data=self.hold_position))
+        self.get_logger().info(f"HOLD at {np.round(pos, 4).tolist()} ({why})")
+
+    def _state_dict(self, why: str = "") -> dict:
+        return {
+            "mode": self.mode,
+            "engaged": self.engaged,
+            "stopped": self.stopped,
+            "reason": why or self.reason,
+            "hold_position": self.hold_position,
+            "joint_names": list(self.joint_names),
+            "stamp_ns": self._now(),
+        }
+
+    def _publish_state(self, why: str = ""):
+        self.state_pub.publish(String(data=json.dumps(self._state_dict(why))))
+
+    def _diagnostics(self):
+        now = self._now()
+        level = DiagnosticStatus.OK
+        if self.mode == "stopped":
+            level = DiagnosticStatus.ERROR
+        elif self.measured_ns is None or now - self.measured_ns > self.p["joint_states_timeout"] * 1e9:
+            level = DiagnosticStatus.WARN
+        st = DiagnosticStatus(level=level, name="jepa_wm: command_gate", hardware_id="jepa_wm",
+                              message=f"{self.mode}: {self._state_dict()['reason']}")
+        st.values = [KeyValue(key=k, value=str(v)) for k, v in (
+            ("mode", self.mode), ("engaged", self.engaged), ("stopped", self.stopped),
+            ("output", self.out.topic_name), ("forwarded", self.forwarded),
+            ("teleop_messages", self.inputs["teleop"].count), ("autonomy_messages", self.inputs["autonomy"].count),
+            ("joint_states_age_s", "never" if self.measured_ns is None else f"{(now - self.measured_ns) / 1e9:.3f}"),
+        )]
+        arr = DiagnosticArray(status=[st])
+        arr.header.stamp = self.get_clock().now().to_msg()
+        self.diag_pub.publish(arr)
+
+
+def main(args=None) -> int:
+    return main_for(CommandGate, args)
