@@ -27,24 +27,33 @@ def test_calibrated_detector_ignores_nominal_noise_and_catches_events_within_two
     # Fresh nominal episodes: no stop at all.
     fresh = nominal_errors(rng, 50 * 100) / cal.scale
     assert not detect_offline(fresh, cal.threshold, cal.consecutive, [100] * 50).any()
-    # An event that multiplies the error by 20 from frame 40 on trips at frame 41.
+    # A moderate event (errors x 8 from frame 40) trips on its second frame; a violent one (x 50) on its first.
     episode = nominal_errors(rng, 100)
-    episode[40:] *= 20
-    trips = detect_offline(episode / cal.scale, cal.threshold, cal.consecutive)
-    assert trips.argmax() == 41
+    moderate, violent = episode.copy(), episode.copy()
+    moderate[40:] = np.maximum(moderate[40:], 0.02) * 8
+    violent[40:] = np.maximum(violent[40:], 0.02) * 50
+    assert detect_offline(moderate / cal.scale, cal.threshold, cal.consecutive).argmax() == 41
+    assert detect_offline(violent / cal.scale, cal.threshold, cal.consecutive).argmax() == 40
 
 
 def test_single_noisy_frame_does_not_trip_but_two_in_a_row_do():
-    det = SurpriseDetector(threshold=5.0, consecutive=2)
+    det = SurpriseDetector(threshold=5.0, consecutive=2, instant=3.0)
     assert [det.update(s) for s in [1, 9, 1, 9, 1]] == [False] * 5
     assert [det.update(s) for s in [9, 9]] == [False, True]
     det.reset()
     assert det.update(9) is False
 
 
-def test_nan_score_is_treated_as_surprising():
-    det = SurpriseDetector(threshold=5.0, consecutive=2)
-    assert det.update(float("nan")) is False and det.update(float("nan")) is True
+def test_one_frame_far_beyond_the_threshold_trips_at_once():
+    det = SurpriseDetector(threshold=5.0, consecutive=2, instant=3.0)
+    assert det.update(14.9) is False
+    det.reset()
+    assert det.update(15.1) is True
+
+
+def test_nan_score_trips_at_once():
+    # A NaN means a broken frame or model: never nominal.
+    assert SurpriseDetector(threshold=5.0, consecutive=2).update(float("nan")) is True
 
 
 def test_false_trip_rate_matches_the_quantile():

@@ -15,7 +15,8 @@ class ConfigError(ValueError):
     """A configuration value is missing, unknown or out of range."""
 
 
-def _from_dict(cls, data: dict, where: str):
+def dataclass_from_dict(cls, data: dict, where: str):
+    """Build dataclass `cls` from `data`, refusing unknown keys with the list of valid ones."""
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
@@ -81,7 +82,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":
-        return _from_dict(cls, data, "model config")
+        return dataclass_from_dict(cls, data, "model config")
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "ModelConfig":
@@ -141,4 +142,4 @@ class PlannerConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "PlannerConfig":
-        return _from_dict(cls, data, "planner config")
+        return dataclass_from_dict(cls, data, "planner config")

@@ -194,6 +194,75 @@ class Predictor(nn.Module):
             x = block(x, cond, rope, cache, i)
         return self.out(self.norm(x))
 
+    def rollout_steps(self, z, actions, prefix: KVCache, head):
+        """Inference-only autoregressive rollout of S candidates from one shared state.
+
+        z (1, D) the last observed latent, actions (S, N, A), prefix the keys and
+        values of the earlier observed tokens (batch 1, shared by every candidate,
+        never copied S times). `head` maps predictor features to latents (the
+        pred_projector). Same arithmetic as `forward` with a KV cache, arranged
+        for speed at small T and large S: the action conditioning (embedding and
+        every block's AdaLN) is computed for all N steps in one batched call,
+        keys/values of the candidates go into preallocated buffers, and attention
+        over at most history + N tokens is written out (scores, softmax in fp32,
+        weighted sum) instead of a T=1 flash-attention call. Returns (S, N, D).
+        """
+        S, N, _ = actions.shape
+        P = prefix.length()
+        heads, dim = self.cfg.pred_heads, self.cfg.pred_dim
+        hd = self.cfg.pred_head_dim
+        scale = hd ** -0.5
+        dtype, device = z.dtype, z.device
+        cos, sin = self.rope(P + N, device, dtype)
+        cos_full = cos.repeat_interleave(2, dim=-1)  # (P+N, hd): pairs share an angle
+        sin_signed = torch.stack((-sin, sin), dim=-1).flatten(-2)  # rot(x) = x*cos + swap(x)*sin_signed
+        silu_cond = F.silu(self.action_embed(actions))  # (S, N, dim), every step at once
+        mods = []
+        for blk in self.blocks:
+            m = blk.ada[1](silu_cond)  # (S, N, 6*dim)
+            m[..., 0:dim] += 1.0  # (1 + shift-scale) once for every step
+            m[..., 3 * dim:4 * dim] += 1.0
+            mods.append(m)
+        pre = []
+        for i in range(len(self.blocks)):
+            if P:
+                pk = prefix.k[i][0]  # (heads, P, hd)
+                pv = prefix.v[i][0]
+                pre.append((pk.transpose(-1, -2) * scale, pv))
+            else:
+                pre.append(None)
+        kbuf = [torch.empty(S, N, heads, hd, dtype=dtype, device=device) for _ in self.blocks]
+        vbuf = [torch.empty(S, N, heads, hd, dtype=dtype, device=device) for _ in self.blocks]
+        out = []
+        for n in range(N):
+            x = self.inp(z)  # (1|S, dim)
+            c, s_ = cos_full[P + n], sin_signed[P + n]
+            for i, blk in enumerate(self.blocks):
+                s1, b1, g1, s2, b2, g2 = mods[i][:, n].chunk(6, dim=-1)
+                h = torch.addcmul(b1, F.layer_norm(x, (dim,)), s1)
+                qkv = blk.qkv(h).view(S, 3, heads, hd)
+                qk = qkv[:, :2]
+                qk = torch.addcmul(qk * c, qk.unflatten(-1, (hd // 2, 2)).flip(-1).flatten(-2), s_)
+                q = qk[:, 0]  # (S, heads, hd)
+                kbuf[i][:, n] = qk[:, 1]
+                vbuf[i][:, n] = qkv[:, 2]
+                own = (q.unsqueeze(1) * kbuf[i][:, : n + 1]).sum(-1).transpose(1, 2) * scale  # (S, heads, n+1)
+                if pre[i] is not None:
+                    pk_t, pv = pre[i]
+                    past = torch.matmul(q.transpose(0, 1), pk_t).transpose(0, 1)  # (S, heads, P)
+                    probs = torch.softmax(torch.cat([past, own], dim=-1).float(), dim=-1).to(dtype)
+                    y = torch.matmul(probs[..., :P].transpose(0, 1), pv).transpose(0, 1)  # (S, heads, hd)
+                    probs = probs[..., P:]
+                else:
+                    probs = torch.softmax(own.float(), dim=-1).to(dtype)
+                    y = 0
+                y = y + (probs.transpose(1, 2).unsqueeze(-1) * vbuf[i][:, : n + 1]).sum(1)
+                x = torch.addcmul(x, g1, blk.proj(y.reshape(S, heads * hd)))
+                x = torch.addcmul(x, g2, blk.mlp(torch.addcmul(b2, F.layer_norm(x, (dim,)), s2)))
+            z = head(self.out(self.norm(x)))
+            out.append(z)
+        return torch.stack(out, dim=1)
+
 
 # ----------------------------------------------------------------------------- world model
 
@@ -210,6 +279,15 @@ class WorldModel(nn.Module):
         self.register_buffer("action_mean", torch.zeros(cfg.action_dim))
         self.register_buffer("action_std", torch.ones(cfg.action_dim))
 
+    def forward(self, pixels, actions):
+        """Training pass over clips: pixels (B, L, 3, S, S), actions (B, L, A) -> (latents, predictions).
+
+        latents (B, L, D) of every frame; predictions (B, L-1, D) of frames 1..L-1.
+        """
+        B, L = pixels.shape[:2]
+        z = self.encode(pixels.flatten(0, 1)).view(B, L, -1)
+        return z, self.predict(z[:, :-1], actions[:, :-1])
+
     def encode(self, pixels):
         """Preprocessed frames (B, 3, S, S) -> latents (B, latent_dim)."""
         return self.projector(self.encoder(pixels))
@@ -219,21 +297,38 @@ class WorldModel(nn.Module):
         return self.pred_projector(self.predictor(latents, actions))
 
     @torch.no_grad()
-    def rollout(self, history, history_actions, plan_actions):
+    def observe(self, history, history_actions) -> KVCache:
+        """Keys and values of the observed prefix (every history latent but the last).
+
+        The prefix is the same for every candidate of a plan: a planner computes it
+        once per plan and passes it to each `rollout` call (`prefix=`).
+        """
+        cache = KVCache(len(self.predictor.blocks))
+        H = history.shape[1]
+        if H > 1:
+            self.predictor(history[:, :-1], history_actions[:, : H - 1], cache)
+        return cache
+
+    @torch.no_grad()
+    def rollout(self, history, history_actions, plan_actions, prefix: KVCache | None = None):
         """Imagine latents under candidate action sequences, reusing past keys and values.
 
         history (1|S, H, D) observed latents, history_actions (1|S, H-1, A) the
         actions taken between them, plan_actions (S, N, A) candidates whose first
         action follows the last observed frame. Returns (S, N, D): the predicted
-        latent after each planned action.
+        latent after each planned action. `prefix`: `observe(history, history_actions)`
+        when the caller already has it (it is not modified).
         """
         S, N, _ = plan_actions.shape
-        H = history.shape[1]
+        if prefix is None:
+            prefix = self.observe(history, history_actions)
+        if not self.training and history.shape[0] == 1:
+            # One shared history (the planner's case): the step-wise fast path.
+            return self.predictor.rollout_steps(history[:, -1], plan_actions, prefix, self.pred_projector)
         cache = KVCache(len(self.predictor.blocks))
-        if H > 1:  # the observed prefix is the same for every candidate: compute it once
-            self.predictor(history[:, :-1], history_actions[:, : H - 1], cache)
-            if history.shape[0] == 1:
-                cache.expand(S)
+        cache.k, cache.v = list(prefix.k), list(prefix.v)
+        if cache.k[0] is not None and history.shape[0] == 1:
+            cache.expand(S)
         z = history[:, -1:].expand(S, -1, -1)
         out = []
         for n in range(N):

@@ -74,11 +74,14 @@ class CEMPlanner:
             iterations = cfg.warm_iterations
         best = mean = self._clamp(mean)
 
+        # The observed prefix is the same for every candidate and iteration: once per plan.
+        observe = getattr(self.model, "observe", None)
+        prefix = {"prefix": observe(history, history_actions)} if observe is not None else {}
         costs = []
         for _ in range(iterations):
             noise = torch.randn(max(cfg.samples - 2, 0), N, A, device=self.device, generator=self.generator)
             candidates = torch.cat([best[None], mean[None], self._clamp(mean + std * noise)])[: cfg.samples]
-            final = self.model.rollout(history, history_actions, candidates.to(self.dtype))[:, -1]
+            final = self.model.rollout(history, history_actions, candidates.to(self.dtype), **prefix)[:, -1]
             cost = goal_cost(final, goal, cfg.cost)
             elite_cost, idx = torch.topk(cost, cfg.elites, largest=False)
             elites = candidates[idx]
@@ -88,5 +91,5 @@ class CEMPlanner:
 
         # The plan is the best sequence evaluated, not the refitted mean: its cost is known exactly.
         self.previous = best
-        predicted = self.model.rollout(history, history_actions, best[None].to(self.dtype))[0].float()
+        predicted = self.model.rollout(history, history_actions, best[None].to(self.dtype), **prefix)[0].float()
         return PlanResult(best, predicted, costs[-1], iterations, costs)

@@ -69,9 +69,7 @@ def jepa_loss(model, pixels: torch.Tensor, actions: torch.Tensor, lam: float = 0
     pixels (B, L, 3, S, S) preprocessed frames of a clip, actions (B, L, A) in model space
     (action i leads from frame i to frame i+1). Returns a dict of scalar tensors.
     """
-    B, L = pixels.shape[:2]
-    z = model.encode(pixels.flatten(0, 1)).view(B, L, -1)
-    pred = model.predict(z[:, :-1], actions[:, :-1])
+    z, pred = model(pixels, actions)  # through forward(), so a DistributedDataParallel wrapper syncs gradients
     pred_loss = F.mse_loss(pred, z[:, 1:])
     reg = sigreg(z.transpose(0, 1), step=step, num_directions=num_directions)
     return {"loss": pred_loss + lam * reg, "pred": pred_loss, "sigreg": reg}

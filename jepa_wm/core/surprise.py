@@ -4,7 +4,9 @@ The score is the squared prediction error per latent dimension divided by
 `scale`, the median error on nominal data, so a nominal frame scores about 1
 whatever the model. Calibration sets the threshold at a high quantile of
 nominal scores; the detector trips only after `consecutive` frames in a row
-exceed it, so one noisy frame does not stop an arm.
+exceed it, so one noisy frame does not stop an arm; a single score beyond
+`instant` x the threshold trips at once, because some events (an object
+knocked away) are only visible in one frame before the history catches up.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class SurpriseCalibration:
     quantile: float
     consecutive: int
     false_trip_rate: float  # fraction of nominal frames that would trip the detector at this threshold
+    instant: float = 3.0  # one score above instant x threshold trips at once
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -47,7 +50,7 @@ class SurpriseCalibration:
 
 
 def calibrate(nominal_errors, quantile: float = 0.999, margin: float = 1.5, consecutive: int = 2,
-              episode_lengths=None) -> SurpriseCalibration:
+              episode_lengths=None, instant: float = 3.0) -> SurpriseCalibration:
     """Fit scale and threshold on the prediction errors of nominal frames.
 
     The threshold is `margin` x the `quantile` of normalised nominal scores: the
@@ -60,35 +63,37 @@ def calibrate(nominal_errors, quantile: float = 0.999, margin: float = 1.5, cons
     scale = float(np.median(errors)) or 1e-12
     scores = errors / scale
     threshold = float(np.quantile(scores, quantile) * margin)
-    trips = detect_offline(scores, threshold, consecutive, episode_lengths)
-    return SurpriseCalibration(scale, threshold, quantile, consecutive, float(trips.mean()))
+    trips = detect_offline(scores, threshold, consecutive, episode_lengths, instant)
+    return SurpriseCalibration(scale, threshold, quantile, consecutive, float(trips.mean()), instant)
 
 
-def detect_offline(scores, threshold: float, consecutive: int, episode_lengths=None) -> np.ndarray:
+def detect_offline(scores, threshold: float, consecutive: int, episode_lengths=None, instant: float = 3.0) -> np.ndarray:
     """Run a fresh detector over each episode of scores; returns a bool per frame (tripped at that frame)."""
     scores = np.asarray(scores, dtype=np.float64)
     lengths = [len(scores)] if episode_lengths is None else list(episode_lengths)
     out, start = [], 0
     for n in lengths:
-        det = SurpriseDetector(threshold, consecutive)
+        det = SurpriseDetector(threshold, consecutive, instant)
         out.extend(det.update(s) for s in scores[start:start + n])
         start += n
     return np.array(out, dtype=bool)
 
 
 class SurpriseDetector:
-    """Hysteresis over frames: trips after `consecutive` scores in a row above the threshold."""
+    """Trips after `consecutive` scores in a row above the threshold, or one above instant x threshold."""
 
-    def __init__(self, threshold: float, consecutive: int = 2):
-        if threshold <= 0 or consecutive < 1:
-            raise ValueError(f"need threshold > 0 and consecutive >= 1, got {threshold}, {consecutive}")
-        self.threshold, self.consecutive = threshold, consecutive
+    def __init__(self, threshold: float, consecutive: int = 2, instant: float = 3.0):
+        if threshold <= 0 or consecutive < 1 or instant < 1:
+            raise ValueError(
+                f"need threshold > 0, consecutive >= 1 and instant >= 1, got {threshold}, {consecutive}, {instant}"
+            )
+        self.threshold, self.consecutive, self.instant = threshold, consecutive, instant
         self.run = 0
 
     def update(self, score: float) -> bool:
         # A NaN score (a broken frame or model) counts as surprising: never as nominal.
         self.run = self.run + 1 if not score <= self.threshold else 0
-        return self.run >= self.consecutive
+        return self.run >= self.consecutive or not score <= self.instant * self.threshold
 
     def reset(self):
         self.run = 0

@@ -1,0 +1,46 @@
+"""jepa-wm train: fit the world model on rosbag2 episodes (or a synthetic world for a smoke run)."""
+
+from __future__ import annotations
+
+from jepa_wm.train.pipeline import DEFAULT_CONFIG
+
+
+def add_arguments(p):
+    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="training YAML (default: %(default)s)")
+    p.add_argument("--bags", nargs="+", help="rosbag2 directories, or folders of them")
+    p.add_argument("--synthetic", type=int, metavar="N", help="train on N episodes of a synthetic planar arm instead of bags")
+    p.add_argument("--out", default="runs/train", help="output directory (resumes if it holds a run)")
+    p.add_argument("--steps", type=int, help="override train.steps")
+    p.add_argument("--batch-size", type=int, help="override train.batch_size")
+    p.add_argument("--preset", help="override model.preset (tiny, sim, lewm)")
+    p.add_argument("--seed", type=int, help="override train.seed")
+
+
+def apply_overrides(config: dict, args) -> dict:
+    train = config.setdefault("train", {})
+    for key in ("steps", "batch_size", "seed"):
+        if getattr(args, key, None) is not None:
+            train[key] = getattr(args, key)
+    if getattr(args, "preset", None):
+        config.setdefault("model", {})["preset"] = args.preset
+    return config
+
+
+def run(args) -> int:
+    from jepa_wm.train.pipeline import fit, load_config
+
+    config = apply_overrides(load_config(args.config), args)
+    if bool(args.bags) == bool(args.synthetic):
+        raise SystemExit("jepa-wm train: give exactly one of --bags DIR... or --synthetic N")
+    if args.synthetic:
+        from jepa_wm.train.synthetic import synthetic_episodes
+
+        size = config.get("data", {}).get("image_size", 64)
+        episodes = synthetic_episodes(args.synthetic, size=size, seed=config["train"].get("seed", 0))
+    else:
+        from jepa_wm.data.dataset import DataConfig, load_episodes
+        from jepa_wm.core.config import dataclass_from_dict
+
+        episodes = load_episodes(args.bags, dataclass_from_dict(DataConfig, config.get("data", {}), "data config"))
+    fit(episodes, config, args.out, sources=args.bags)
+    return 0

@@ -1,0 +1,82 @@
+"""From episodes to a deployable checkpoint: split, fit action statistics, train, calibrate surprise.
+
+`jepa-wm train` and `jepa-wm finetune` are both this function; fine-tuning
+starts from a parent checkpoint and freezes the encoder.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from jepa_wm.core.checkpoint import load_checkpoint, save_checkpoint
+from jepa_wm.core.config import ModelConfig
+from jepa_wm.core.model import build_model
+from jepa_wm.data.dataset import ClipDataset, action_stats, split_episodes
+from jepa_wm.train.calibration import calibrate_model
+from jepa_wm.train.trainer import TrainConfig, is_main_process, train
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "config" / "train.yaml"
+
+
+def load_config(path=None) -> dict:
+    """The training YAML (model / data / train / calibration sections)."""
+    path = Path(path) if path else DEFAULT_CONFIG
+    if not path.is_file():
+        raise FileNotFoundError(f"training config {path} does not exist")
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def model_config(section: dict) -> ModelConfig:
+    section = dict(section or {})
+    return ModelConfig.preset(section.pop("preset", "sim"), **section)
+
+
+def fit(episodes, config: dict, out_dir, parent: str | None = None, sources=None) -> Path:
+    """Train (or, with `parent`, fine-tune) on episodes; returns the checkpoint path."""
+    out = Path(out_dir)
+    tcfg = TrainConfig.from_dict(config.get("train", {}))
+    cal = config.get("calibration", {})
+    train_eps, val_eps = split_episodes(episodes, config.get("val_fraction", 0.1), tcfg.seed)
+
+    if parent:
+        model, parent_meta = load_checkpoint(parent)
+        model.train()
+    else:
+        model, parent_meta = build_model(model_config(config.get("model"))), {}
+        mean, std = action_stats(train_eps)
+        model.action_mean.copy_(torch.as_tensor(mean)), model.action_std.copy_(torch.as_tensor(std))
+    cfg = model.cfg
+    train_set = ClipDataset(train_eps, cfg.clip_len, cfg.frameskip)
+    val_set = ClipDataset(val_eps, cfg.clip_len, cfg.frameskip)
+    all_actions = np.concatenate([ep.actions for ep in train_eps])
+    meta = {
+        "joint_names": parent_meta.get("joint_names") or config.get("data", {}).get("joint_names", []),
+        # The planner never commands outside what the model has seen.
+        "action_low": all_actions.min(0).tolist(),
+        "action_high": all_actions.max(0).tolist(),
+        "data": config.get("data", {}),
+        "sources": [str(s) for s in (sources or sorted({ep.source for ep in episodes}))],
+        "episodes": {"train": len(train_eps), "val": len(val_eps)},
+    }
+    if parent:
+        meta.update(parent=str(parent), parent_metrics=parent_meta.get("metrics", {}))
+        meta["action_low"] = np.minimum(meta["action_low"], parent_meta.get("action_low", meta["action_low"])).tolist()
+        meta["action_high"] = np.maximum(meta["action_high"], parent_meta.get("action_high", meta["action_high"])).tolist()
+
+    t0 = time.time()
+    metrics = train(model, train_set, val_set, tcfg, out, meta)
+    path = out / "model.safetensors"
+    if is_main_process():
+        calibration = calibrate_model(model, val_eps, cal.get("quantile", 0.999), cal.get("margin", 1.5),
+                                      cal.get("consecutive", 2))
+        meta.update(metrics=metrics, surprise=calibration.to_dict(), train_seconds=round(time.time() - t0, 1),
+                    train_config=config)
+        save_checkpoint(path, model.cpu(), meta)
+        print(f"saved {path}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+              + f"; surprise threshold {calibration.threshold:.2f} (nominal false-trip rate {calibration.false_trip_rate:.4f})")
+    return path
