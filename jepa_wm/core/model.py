@@ -13,8 +13,11 @@ same numbers as recomputing the whole sequence (`predict`).
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -36,12 +39,38 @@ def preprocess(frames, image_size: int) -> torch.Tensor:
     return x
 
 
+class GlobalBatchNorm1d(nn.BatchNorm1d):
+    """BatchNorm whose training statistics are those of the global batch under torch.distributed.
+
+    SyncBatchNorm needs a GPU; this one all-reduces sums (differentiably) on any
+    backend, so a data-parallel step equals one step on the concatenated batch.
+    """
+
+    def forward(self, x):
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        C = x.shape[1]
+        xf = x.float()
+        stats = all_reduce(torch.cat([xf.sum(0), (xf * xf).sum(0), xf.new_tensor([float(x.shape[0])])]))
+        n = stats[-1]
+        mean = stats[:C] / n
+        var = stats[C:2 * C] / n - mean**2
+        with torch.no_grad():
+            self.num_batches_tracked += 1
+            self.running_mean.lerp_(mean.detach(), self.momentum)
+            self.running_var.lerp_(var.detach() * n / (n - 1), self.momentum)
+        y = (xf - mean) * torch.rsqrt(var + self.eps) * self.weight + self.bias
+        return y.to(x.dtype)
+
+
 class Projector(nn.Module):
     """Linear - BatchNorm - GELU - Linear, applied to the last dimension of any shape."""
 
     def __init__(self, dim_in: int, hidden: int, dim_out: int):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(dim_in, hidden), nn.BatchNorm1d(hidden), nn.GELU(), nn.Linear(hidden, dim_out))
+        self.net = nn.Sequential(nn.Linear(dim_in, hidden), GlobalBatchNorm1d(hidden), nn.GELU(), nn.Linear(hidden, dim_out))
 
     def forward(self, x):
         return self.net(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], -1)
@@ -105,6 +134,7 @@ class KVCache:
     def __init__(self, depth: int):
         self.k: list = [None] * depth
         self.v: list = [None] * depth
+        self.buffers: dict = {}  # rollout_steps' per-batch key/value buffers over this prefix
 
     def length(self, block: int = 0) -> int:
         return 0 if self.k[block] is None else self.k[block].shape[2]
@@ -176,6 +206,7 @@ class Predictor(nn.Module):
         self.norm = nn.LayerNorm(cfg.pred_dim)
         self.out = nn.Linear(cfg.pred_dim, cfg.latent_dim)
         self._rope = None
+        self._rot_cache: dict = {}
 
     def rope(self, length: int, device, dtype):
         if self._rope is None or self._rope[0].shape[0] < length or self._rope[0].device != device:
@@ -194,70 +225,91 @@ class Predictor(nn.Module):
             x = block(x, cond, rope, cache, i)
         return self.out(self.norm(x))
 
+    def rotated_qkv(self, i: int, position: int, dtype):
+        """Block i's qkv weights with the rotary rotation of `position` folded into the q and k rows.
+
+        rotary(W h + b) = (R W) h + R b: one matmul gives rotated queries and keys.
+        Cached per (block, position, dtype); recomputed when the weights change.
+        """
+        lin = self.blocks[i].qkv
+        key = (i, position, dtype, lin.weight.device)
+        stamp = (lin.weight._version, lin.weight.data_ptr(), lin.bias._version, lin.bias.data_ptr())
+        hit = self._rot_cache.get(key)
+        if hit is not None and hit[0] == stamp:
+            return hit[1], hit[2]
+        cos, sin = self.rope(position + 1, lin.weight.device, torch.float32)
+        c, s = cos[position], sin[position]  # (hd/2,)
+        inner, hd = self.cfg.pred_heads * self.cfg.pred_head_dim, self.cfg.pred_head_dim
+        w, b = lin.weight.float(), lin.bias.float()
+
+        def rot(m):  # rows of q or k: (inner, ...) -> rotate channel pairs of every head
+            m = m.reshape(self.cfg.pred_heads, hd // 2, 2, *m.shape[1:])
+            shape = (1, hd // 2) + (1,) * (m.dim() - 3)
+            cc, ss = c.view(shape), s.view(shape)
+            m1, m2 = m[:, :, 0], m[:, :, 1]
+            return torch.stack((m1 * cc - m2 * ss, m1 * ss + m2 * cc), dim=2).reshape(inner, *m.shape[3:])
+
+        w = torch.cat([rot(w[:inner]), rot(w[inner:2 * inner]), w[2 * inner:]]).to(dtype)
+        b = torch.cat([rot(b[:inner]), rot(b[inner:2 * inner]), b[2 * inner:]]).to(dtype)
+        self._rot_cache[key] = (stamp, w, b)
+        return w, b
+
     def rollout_steps(self, z, actions, prefix: KVCache, head):
         """Inference-only autoregressive rollout of S candidates from one shared state.
 
         z (1, D) the last observed latent, actions (S, N, A), prefix the keys and
-        values of the earlier observed tokens (batch 1, shared by every candidate,
-        never copied S times). `head` maps predictor features to latents (the
-        pred_projector). Same arithmetic as `forward` with a KV cache, arranged
-        for speed at small T and large S: the action conditioning (embedding and
-        every block's AdaLN) is computed for all N steps in one batched call,
-        keys/values of the candidates go into preallocated buffers, and attention
-        over at most history + N tokens is written out (scores, softmax in fp32,
-        weighted sum) instead of a T=1 flash-attention call. Returns (S, N, D).
+        values of the earlier observed tokens (batch 1, shared by every candidate).
+        `head` maps predictor features to latents (the pred_projector). The same
+        arithmetic as `forward` with a KV cache, arranged for speed at small T and
+        large S: the action conditioning (embedding and every block's AdaLN) is
+        computed for all N steps in one batched call; the rotary rotation is folded
+        into the qkv weights of each position (`rotated_qkv`); keys and values go
+        into buffers allocated once per (prefix, S) with the prefix copied in once,
+        and attention over at most H - 1 + N tokens is two batched matmuls and a
+        softmax. Returns (S, N, D).
         """
         S, N, _ = actions.shape
         P = prefix.length()
-        heads, dim = self.cfg.pred_heads, self.cfg.pred_dim
-        hd = self.cfg.pred_head_dim
+        heads, dim, hd = self.cfg.pred_heads, self.cfg.pred_dim, self.cfg.pred_head_dim
+        inner = heads * hd
         scale = hd ** -0.5
         dtype, device = z.dtype, z.device
-        cos, sin = self.rope(P + N, device, dtype)
-        cos_full = cos.repeat_interleave(2, dim=-1)  # (P+N, hd): pairs share an angle
-        sin_signed = torch.stack((-sin, sin), dim=-1).flatten(-2)  # rot(x) = x*cos + swap(x)*sin_signed
         silu_cond = F.silu(self.action_embed(actions))  # (S, N, dim), every step at once
         mods = []
         for blk in self.blocks:
             m = blk.ada[1](silu_cond)  # (S, N, 6*dim)
-            m[..., 0:dim] += 1.0  # (1 + shift-scale) once for every step
+            m[..., 0:dim] += 1.0  # (1 + scale) once for every step
             m[..., 3 * dim:4 * dim] += 1.0
-            mods.append(m)
-        pre = []
-        for i in range(len(self.blocks)):
-            if P:
-                pk = prefix.k[i][0]  # (heads, P, hd)
-                pv = prefix.v[i][0]
-                pre.append((pk.transpose(-1, -2) * scale, pv))
-            else:
-                pre.append(None)
-        kbuf = [torch.empty(S, N, heads, hd, dtype=dtype, device=device) for _ in self.blocks]
-        vbuf = [torch.empty(S, N, heads, hd, dtype=dtype, device=device) for _ in self.blocks]
+            mods.append(m.transpose(0, 1))  # (N, S, 6*dim): step n is a contiguous slice
+        # Per (prefix, S) buffers: (S*heads, P+N, hd), the shared prefix written once.
+        bufkey = (S, N, dtype, threading.get_ident())
+        bufs = prefix.buffers.get(bufkey) if hasattr(prefix, "buffers") else None
+        if bufs is None:
+            bufs = []
+            for i in range(len(self.blocks)):
+                kb = torch.empty(S, heads, P + N, hd, dtype=dtype, device=device)
+                vb = torch.empty(S, heads, P + N, hd, dtype=dtype, device=device)
+                if P:
+                    kb[:, :, :P] = prefix.k[i].to(dtype)
+                    vb[:, :, :P] = prefix.v[i].to(dtype)
+                bufs.append((kb, vb))
+            if hasattr(prefix, "buffers"):
+                prefix.buffers[bufkey] = bufs
         out = []
         for n in range(N):
             x = self.inp(z)  # (1|S, dim)
-            c, s_ = cos_full[P + n], sin_signed[P + n]
+            L = P + n + 1
             for i, blk in enumerate(self.blocks):
-                s1, b1, g1, s2, b2, g2 = mods[i][:, n].chunk(6, dim=-1)
-                h = torch.addcmul(b1, F.layer_norm(x, (dim,)), s1)
-                qkv = blk.qkv(h).view(S, 3, heads, hd)
-                qk = qkv[:, :2]
-                qk = torch.addcmul(qk * c, qk.unflatten(-1, (hd // 2, 2)).flip(-1).flatten(-2), s_)
-                q = qk[:, 0]  # (S, heads, hd)
-                kbuf[i][:, n] = qk[:, 1]
-                vbuf[i][:, n] = qkv[:, 2]
-                own = (q.unsqueeze(1) * kbuf[i][:, : n + 1]).sum(-1).transpose(1, 2) * scale  # (S, heads, n+1)
-                if pre[i] is not None:
-                    pk_t, pv = pre[i]
-                    past = torch.matmul(q.transpose(0, 1), pk_t).transpose(0, 1)  # (S, heads, P)
-                    probs = torch.softmax(torch.cat([past, own], dim=-1).float(), dim=-1).to(dtype)
-                    y = torch.matmul(probs[..., :P].transpose(0, 1), pv).transpose(0, 1)  # (S, heads, hd)
-                    probs = probs[..., P:]
-                else:
-                    probs = torch.softmax(own.float(), dim=-1).to(dtype)
-                    y = 0
-                y = y + (probs.transpose(1, 2).unsqueeze(-1) * vbuf[i][:, : n + 1]).sum(1)
-                x = torch.addcmul(x, g1, blk.proj(y.reshape(S, heads * hd)))
+                s1, b1, g1, s2, b2, g2 = mods[i][n].chunk(6, dim=-1)
+                w, b = self.rotated_qkv(i, P + n, dtype)
+                qkv = F.linear(torch.addcmul(b1, F.layer_norm(x, (dim,)), s1), w, b).view(S, 3, heads, hd)
+                kb, vb = bufs[i]
+                kb[:, :, P + n] = qkv[:, 1]
+                vb[:, :, P + n] = qkv[:, 2]
+                q = qkv[:, 0].reshape(S * heads, 1, hd)
+                att = torch.bmm(q, kb[:, :, :L].reshape(S * heads, L, hd).transpose(1, 2)).mul_(scale)
+                y = torch.bmm(torch.softmax(att, dim=-1), vb[:, :, :L].reshape(S * heads, L, hd))
+                x = torch.addcmul(x, g1, blk.proj(y.view(S, inner)))
                 x = torch.addcmul(x, g2, blk.mlp(torch.addcmul(b2, F.layer_norm(x, (dim,)), s2)))
             z = head(self.out(self.norm(x)))
             out.append(z)
