@@ -1,0 +1,184 @@
+"""The command gate as a real process on real DDS: arbitration, holds, the stop latch, parameters."""
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("rclpy", reason="rclpy (ros-rclpy wheels or a ROS 2 install) is needed for node tests")
+
+from sensor_msgs.msg import JointState  # noqa: E402
+from std_msgs.msg import Bool, Float64MultiArray, String  # noqa: E402
+from std_srvs.srv import SetBool  # noqa: E402
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E402
+
+from jepa_wm.nodes.common import LATCHED_QOS  # noqa: E402
+
+JOINTS = ["shoulder", "elbow", "wrist"]
+MEASURED = [0.1, -0.2, 0.3]
+
+
+def traj(positions, names=JOINTS):
+    pt = JointTrajectoryPoint(positions=[float(x) for x in positions])
+    pt.time_from_start.nanosec = 100_000_000
+    return JointTrajectory(joint_names=list(names), points=[pt])
+
+
+class Rig:
+    """Test-side arm: publishes joint_states and a monitor stop latch, records the gate's output."""
+
+    def __init__(self, ros, controller_type="joint_trajectory"):
+        self.ros, n = ros, ros.node
+        self.measured = list(MEASURED)
+        js = n.create_publisher(JointState, "/joint_states", 10)
+        n.create_timer(0.05, lambda: js.publish(JointState(name=JOINTS, position=self.measured)))
+        self.stop = n.create_publisher(Bool, "/jepa_wm/stop", LATCHED_QOS)
+        self.stop.publish(Bool(data=False))
+        if controller_type == "joint_trajectory":
+            self.out = ros.collect(JointTrajectory, "/arm_controller/joint_trajectory")
+        else:
+            self.out = ros.collect(Float64MultiArray, "/arm_controller/commands")
+        self.states = ros.collect(String, "/command_gate/state", LATCHED_QOS)
+        self.auto = n.create_publisher(JointTrajectory, "/command_gate/autonomy/joint_trajectory", 10)
+        self.auto_arr = n.create_publisher(Float64MultiArray, "/command_gate/autonomy/commands", 10)
+        self.teleop = n.create_publisher(JointTrajectory, "/command_gate/teleop/joint_trajectory", 10)
+
+    def state(self):
+        return json.loads(self.states[-1][1].data) if self.states else {}
+
+    def wait_up(self, gate):
+        assert gate.wait_output("gate up", 30), gate.output
+        assert self.ros.spin_until(lambda: self.states and self.ros.node.count_subscribers("/command_gate/autonomy/joint_trajectory") > 0, 15)
+        self.ros.spin_for(1.0)  # joint states and the stop latch reach the gate
+
+    def engage(self, on=True):
+        return self.ros.call(SetBool, "/command_gate/engage", SetBool.Request(data=on))
+
+    def stream(self, pub, make, seconds, period=0.05):
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            pub.publish(make())
+            self.ros.spin_for(period)
+
+    @staticmethod
+    def positions(msg):
+        return list(msg.points[0].positions) if isinstance(msg, JointTrajectory) else list(msg.data)
+
+
+def test_silent_autonomy_holds_at_measured_position_and_never_replays(ros, start_node):
+    gate = start_node("command_gate", "gate.yaml")
+    rig = Rig(ros)
+    rig.wait_up(gate)
+    res = rig.engage()
+    assert res.success, res.message
+    rig.stream(rig.auto, lambda: traj([0.5, 0.5, 0.5]), 1.0)
+    forwarded = [m for _, m in rig.out if rig.positions(m) == [0.5, 0.5, 0.5]]
+    assert len(forwarded) >= 10, "fresh autonomy commands are forwarded"
+    assert rig.state()["mode"] == "autonomy"
+    # The arm is elsewhere (the controller lags), then the planner goes silent.
+    rig.measured = [0.25, 0.15, -0.05]
+    rig.stream(rig.auto, lambda: traj([0.5, 0.5, 0.5]), 0.3)
+    n_before, t_silent = len(rig.out), time.monotonic()
+    assert ros.spin_until(lambda: any(rig.positions(m) != [0.5, 0.5, 0.5] for _, m in rig.out[n_before:]), 2.0)
+    t_hold, hold = next((t, m) for t, m in rig.out[n_before:] if rig.positions(m) != [0.5, 0.5, 0.5])
+    assert t_hold - t_silent < 0.3 + 0.25, f"hold came {t_hold - t_silent:.3f} s after the planner stopped (timeout 0.3 s)"
+    assert np.allclose(rig.positions(hold), rig.measured, atol=1e-9), "hold is at the measured position"
+    assert list(hold.points[0].velocities) == [0.0, 0.0, 0.0]
+    ros.spin_for(1.0)
+    later = rig.out[rig.out.index((t_hold, hold)) + 1:]
+    assert not any(rig.positions(m) == [0.5, 0.5, 0.5] for _, m in later), "the stale command is never replayed"
+    assert rig.state()["mode"] == "hold" and "silent" in rig.state()["reason"]
+    assert gate.alive()
+
+
+def test_teleop_preempts_autonomy(ros, start_node):
+    gate = start_node("command_gate", "gate.yaml")
+    rig = Rig(ros)
+    rig.wait_up(gate)
+    assert rig.engage().success
+    rig.stream(rig.auto, lambda: traj([0.5, 0.5, 0.5]), 0.6)
+    assert rig.state()["mode"] == "autonomy"
+    n0 = len(rig.out)
+    # Teleop (joint names in another order) while the planner keeps streaming.
+    end = time.monotonic() + 1.0
+    while time.monotonic() < end:
+        rig.auto.publish(traj([0.5, 0.5, 0.5]))
+        rig.teleop.publish(traj([-0.3, 0.2, -0.1], names=["wrist", "elbow", "shoulder"]))
+        ros.spin_for(0.05)
+    after = [rig.positions(m) for _, m in rig.out[n0:]]
+    assert [-0.1, 0.2, -0.3] in after, "teleop is forwarded, reordered to the controller's joints"
+    first_teleop = after.index([-0.1, 0.2, -0.3])
+    assert [0.5, 0.5, 0.5] not in after[first_teleop:], "no autonomy command after teleop took over"
+    st = rig.state()
+    assert st["mode"] == "teleop" and not st["engaged"], st
+    # Teleop released: hold at the measured position, autonomy stays disengaged until re-engaged.
+    n1 = len(rig.out)
+    rig.stream(rig.auto, lambda: traj([0.5, 0.5, 0.5]), 1.2)
+    after = [rig.positions(m) for _, m in rig.out[n1:]]
+    assert after and np.allclose(after[0], MEASURED) and [0.5, 0.5, 0.5] not in after
+    assert rig.state()["mode"] == "hold"
+
+
+def test_stop_latch_holds_and_blocks_everything_until_reset(ros, start_node):
+    gate = start_node("command_gate", "gate.yaml")
+    rig = Rig(ros)
+    rig.wait_up(gate)
+    assert rig.engage().success
+    rig.stream(rig.auto, lambda: traj([0.5, 0.5, 0.5]), 0.5)
+    n0 = len(rig.out)
+    rig.stop.publish(Bool(data=True))
+    rig.stream(rig.auto, lambda: traj([0.5, 0.5, 0.5]), 0.3)
+    rig.stream(rig.teleop, lambda: traj([0.7, 0.7, 0.7]), 0.5)
+    after = [rig.positions(m) for _, m in rig.out[n0:]]
+    i = next(i for i, p in enumerate(after) if p != [0.5, 0.5, 0.5])
+    assert np.allclose(after[i], MEASURED), "stop -> one hold at the measured position"
+    assert after[i + 1:] == [], f"nothing forwarded while stopped: {after[i + 1:]}"
+    assert rig.state()["mode"] == "stopped"
+    res = rig.engage()
+    assert not res.success and "stop" in res.message
+    # Reset (the monitor publishes False): still disengaged, nothing forwarded until re-engaged.
+    rig.stop.publish(Bool(data=False))
+    n1 = len(rig.out)
+    rig.stream(rig.auto, lambda: traj([0.5, 0.5, 0.5]), 0.5)
+    assert [0.5, 0.5, 0.5] not in [rig.positions(m) for _, m in rig.out[n1:]]
+    assert rig.engage().success
+    rig.stream(rig.auto, lambda: traj([0.5, 0.5, 0.5]), 0.5)
+    assert [0.5, 0.5, 0.5] in [rig.positions(m) for _, m in rig.out[n1:]]
+
+
+def test_forward_command_controller_and_missing_monitor(ros, start_node):
+    gate = start_node("command_gate", "gate.yaml", {"controller_type": "forward_command"})
+    rig = Rig(ros, "forward_command")
+    rig.wait_up(gate)
+    assert rig.engage().success
+    rig.stream(rig.auto_arr, lambda: Float64MultiArray(data=[0.4, 0.4, 9.0]), 0.5)
+    got = [list(m.data) for _, m in rig.out]
+    assert [0.4, 0.4, 2.5] in got, "forwarded as Float64MultiArray, clipped to the joint limits"
+    # The monitor disappears: autonomy is disengaged and the arm holds.
+    n0 = len(rig.out)
+    ros.node.destroy_publisher(rig.stop)
+    rig.stream(rig.auto_arr, lambda: Float64MultiArray(data=[0.4, 0.4, 0.4]), 1.0)
+    after = [list(m.data) for _, m in rig.out[n0:]]
+    assert any(np.allclose(a, MEASURED) for a in after), after
+    last_hold = max(i for i, a in enumerate(after) if np.allclose(a, MEASURED))
+    assert after[last_hold + 1:] == []
+    assert not rig.state()["engaged"] and "monitor" in rig.state()["reason"]
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    ({"controller_type": "velocity"}, "controller_type"),
+    ({"joint_names": ["a", "b"], "joint_lower_limits": [0.0], "joint_upper_limits": [1.0]}, "joint_lower_limits"),
+    ({"autonomy_timeout": -1.0}, "autonomy_timeout"),
+    ({"teleop_timeout": "soon"}, "teleop_timeout"),
+])
+def test_invalid_parameters_refuse_to_start(start_node, overrides, needle):
+    gate = start_node("command_gate", "gate.yaml", overrides)
+    assert gate.proc.wait(timeout=30) == 2
+    assert f"parameter '{needle}'" in gate.output and "refusing to start" in gate.output, gate.output
+
+
+def test_missing_joint_names_refuses_to_start(start_node):
+    gate = start_node("command_gate")
+    assert gate.proc.wait(timeout=30) == 2
+    assert "parameter 'joint_names' is required" in gate.output, gate.output
