@@ -307,8 +307,9 @@ class Predictor(nn.Module):
                 kb[:, :, P + n] = qkv[:, 1]
                 vb[:, :, P + n] = qkv[:, 2]
                 q = qkv[:, 0].reshape(S * heads, 1, hd)
-                att = torch.bmm(q, kb[:, :, :L].reshape(S * heads, L, hd).transpose(1, 2)).mul_(scale)
-                y = torch.bmm(torch.softmax(att, dim=-1), vb[:, :, :L].reshape(S * heads, L, hd))
+                keys, values = kb.view(S * heads, P + N, hd)[:, :L], vb.view(S * heads, P + N, hd)[:, :L]
+                att = (q * keys).sum(-1, keepdim=True).mul_(scale)  # (S*heads, L, 1)
+                y = torch.bmm(torch.softmax(att, dim=1).transpose(1, 2), values)  # (S*heads, 1, hd)
                 x = torch.addcmul(x, g1, blk.proj(y.view(S, inner)))
                 x = torch.addcmul(x, g2, blk.mlp(torch.addcmul(b2, F.layer_norm(x, (dim,)), s2)))
             z = head(self.out(self.norm(x)))
