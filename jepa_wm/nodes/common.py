@@ -64,20 +64,20 @@ _KINDS = {
 _INFER = {bool: "bool", int: "int", float: "float", str: "str"}
 
 
-def declare(node, name: str, default, description: str, kind: str | None = None):
+def declare(node, name: str, default, description: str, kind: str | None = None, read_only: bool = True):
     """Declare a read-only parameter with its description; returns its value.
 
     `default=None` makes it required: without an override, ParameterError
     names it. `kind` ("bool", "int", "float", "str", "str[]", "float[]") is
     inferred from the default when not given.
     """
-    kind = kind or _INFER[type(default)]
+    kind = kind or ("str" if default is None else _INFER[type(default)])
     ptype, rtype, what = _KINDS[kind]
     # Floats accept integers too ("timeout: 1"), and an empty list default would be typed as a
     # byte array: these are typed dynamically and checked below.
     lenient = kind in ("float", "float[]", "str[]") and default is not None
     desc = ParameterDescriptor(name=name, type=ParameterType.PARAMETER_NOT_SET if lenient else ptype,
-                               description=description, read_only=True, dynamic_typing=lenient)
+                               description=description, read_only=read_only, dynamic_typing=lenient)
     value = rtype if default is None else (list(default) if kind.endswith("[]") else default)
     try:
         node.declare_parameter(name, value, desc)
@@ -87,6 +87,8 @@ def declare(node, name: str, default, description: str, kind: str | None = None)
         got = node.get_parameter(name).value
     except ParameterUninitializedException:
         raise ParameterError(f"parameter '{name}' is required and was not set ({description})") from None
+    if got is None and kind.endswith("[]"):  # "[]" in a params file arrives untyped
+        got = list(default or [])
     number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
     if kind == "float":
         if not number(got):
@@ -199,3 +201,49 @@ def main_for(node_factory, args=None, after_create=None) -> int:
         if rclpy.ok():
             rclpy.try_shutdown()
     return 0
+
+
+# ----------------------------------------------------------------------------- camera frames
+
+
+def rgb_from_image(msg) -> np.ndarray:
+    """sensor_msgs/Image (any cv_bridge encoding, padded steps) -> uint8 (H, W, 3); ImageFormatError (ValueError)."""
+    from jepa_wm.data.images import image_to_rgb
+
+    return image_to_rgb(msg.encoding, msg.height, msg.width, msg.step, bytes(msg.data), msg.is_bigendian)
+
+
+def rgb_from_compressed(msg) -> np.ndarray:
+    """sensor_msgs/CompressedImage (png/jpeg) -> uint8 (H, W, 3); ValueError naming the problem."""
+    from jepa_wm.data.images import compressed_to_rgb
+
+    return compressed_to_rgb(msg.format, bytes(msg.data))
+
+
+def image_msg_from_rgb(rgb, stamp=None, frame_id: str = "") -> Image:
+    """uint8 (H, W, 3) -> sensor_msgs/Image rgb8."""
+    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+    msg = Image()
+    if stamp is not None:
+        msg.header.stamp = stamp
+    msg.header.frame_id = frame_id
+    msg.height, msg.width = int(rgb.shape[0]), int(rgb.shape[1])
+    msg.encoding, msg.is_bigendian, msg.step = "rgb8", 0, 3 * int(rgb.shape[1])
+    msg.data = rgb.tobytes()
+    return msg
+
+
+class Encoder:
+    """A checkpoint's encoder for one process: uint8 RGB frame -> latent (numpy float32)."""
+
+    def __init__(self, model):
+        import torch
+
+        from jepa_wm.core.model import preprocess
+
+        self.model, self._torch, self._preprocess = model, torch, preprocess
+        self.size = model.cfg.image_size
+
+    def __call__(self, rgb) -> np.ndarray:
+        with self._torch.inference_mode():
+            return self.model.encode(self._preprocess(rgb, self.size))[0].float().numpy()

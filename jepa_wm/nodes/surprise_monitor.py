@@ -1,0 +1,285 @@
+"""Surprise monitor: an independent process that latches a protective stop.
+
+It does not trust the planner: it loads its own copy of the checkpoint's
+encoder and encodes the camera frames itself, so a planner that crashes,
+hangs or publishes garbage cannot hide a surprise. The planner only supplies
+its prediction of the next frame's latent, stamped with the stamp of the frame
+it planned from; the monitor scores that prediction against its own latent of
+the frame `prediction_dt` seconds later (within `match_tolerance`).
+
+Scores are normalised by the checkpoint's calibration (`meta["surprise"]`:
+scale, threshold, consecutive), or the parameters when set; a
+SurpriseDetector trips after `consecutive` frames over the threshold. A trip,
+a camera silent for `camera_timeout`, or (while the gate forwards autonomy)
+predictions silent for `prediction_timeout` latch a protective stop: True on
+the stop topic (std_msgs/Bool, reliable, transient local). Only `~/reset`
+(std_srvs/Trigger) clears it, and only when the camera is live again.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import math
+
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.node import Node
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Bool, String
+from std_srvs.srv import Trigger
+
+from jepa_wm.nodes.common import (
+    DEFAULT_STOP_TOPIC,
+    LATCHED_QOS,
+    RELIABLE_QOS,
+    SENSOR_QOS,
+    Encoder,
+    ParameterError,
+    declare,
+    main_for,
+    require,
+    rgb_from_compressed,
+    rgb_from_image,
+    stamp_ns,
+    vector_from_msg,
+    vector_msg,
+)
+
+
+class SurpriseMonitor(Node):
+    def __init__(self, **kwargs):
+        super().__init__("surprise_monitor", **kwargs)
+        p = self._params()
+        self._load(p)
+        self.stopped = False
+        self.stop_reason = ""
+        self.trips = 0
+        self.observed = collections.OrderedDict()  # frame stamp ns -> latent
+        self.predictions = collections.OrderedDict()  # source frame stamp ns -> predicted latent
+        self.start_ns = self._now()
+        self.last_frame_ns: int | None = None  # receipt time
+        self.last_prediction_ns: int | None = None
+        self.autonomy_since_ns: int | None = None  # gate forwarding autonomy since
+        self.last_score = float("nan")
+        self.scored = 0
+        self.bad_frames = 0
+
+        self.stop_pub = self.create_publisher(Bool, p["stop_topic"], LATCHED_QOS)
+        self.score_pub = self.create_publisher(Image, "~/score", RELIABLE_QOS)
+        self.observed_pub = self.create_publisher(Image, "~/observed_latent", RELIABLE_QOS)
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", RELIABLE_QOS)
+        self.create_subscription(Image, p["camera_topic"], self._on_image, SENSOR_QOS)
+        self.create_subscription(CompressedImage, p["camera_topic"].rstrip("/") + "/compressed",
+                                 self._on_compressed, SENSOR_QOS)
+        self.create_subscription(Image, p["predicted_topic"], self._on_prediction, RELIABLE_QOS)
+        self.create_subscription(String, p["gate_state_topic"], self._on_gate_state, LATCHED_QOS)
+        self.create_service(Trigger, "~/reset", self._on_reset)
+        self.create_timer(0.05, self._check_stale)
+        self.create_timer(1.0, self._diagnostics)
+        self.stop_pub.publish(Bool(data=False))
+        self.get_logger().info(
+            f"monitor up: camera '{p['camera_topic']}' (+/compressed), predictions '{p['predicted_topic']}', "
+            f"threshold {self.threshold:.3g} x{self.consecutive} frames (instant {self.instant:g}x), scale {self.scale:.3g}, "
+            f"stop latch '{p['stop_topic']}'"
+        )
+
+    # ------------------------------------------------------------------ set-up
+
+    def _params(self) -> dict:
+        d = lambda *a, **k: declare(self, *a, **k)  # noqa: E731
+        p = {
+            "model": d("model", None, "path to the jepa_wm checkpoint (.safetensors) whose encoder the monitor runs"),
+            "camera_topic": d("camera_topic", "/camera/image_raw", "camera Image topic (CompressedImage on <topic>/compressed)"),
+            "predicted_topic": d("predicted_topic", "/planner/predicted_latent",
+                                 "planner's predicted next latent (Image 32FC1 1xD, stamped with its source frame)"),
+            "gate_state_topic": d("gate_state_topic", "/command_gate/state", "gate state (JSON String): predictions are required while it forwards autonomy"),
+            "stop_topic": d("stop_topic", DEFAULT_STOP_TOPIC, "latched protective stop output (Bool, transient local)"),
+            "threshold": d("threshold", 0.0, "surprise threshold on the normalised score; 0 = checkpoint calibration"),
+            "consecutive": d("consecutive", 0, "frames over threshold in a row that trip the stop; 0 = checkpoint calibration"),
+            "scale": d("scale", 0.0, "nominal prediction error the score is divided by; 0 = checkpoint calibration"),
+            "instant": d("instant", 0.0, "one score above instant x threshold trips at once; 0 = checkpoint calibration (or 3)"),
+            "score_only_in_autonomy": d("score_only_in_autonomy", True,
+                                        "score only while the gate forwards autonomy (teleop and hold moves are not what the planner predicted)"),
+            "prediction_dt": d("prediction_dt", 0.1, "seconds between a prediction's source frame and the frame it predicts"),
+            "match_tolerance": d("match_tolerance", 0.03, "seconds a frame stamp may differ from the predicted frame time"),
+            "camera_timeout": d("camera_timeout", 1.0, "seconds without a camera frame that latch a stop"),
+            "startup_grace": d("startup_grace", 10.0, "seconds after start before a missing camera latches a stop"),
+            "prediction_timeout": d("prediction_timeout", 1.0,
+                                    "seconds without predictions, while the gate forwards autonomy, that latch a stop; 0 disables"),
+            "torch_threads": d("torch_threads", 1, "torch CPU threads for the encoder"),
+        }
+        for k in ("prediction_dt", "match_tolerance", "camera_timeout", "startup_grace"):
+            require(p[k] > 0 and math.isfinite(p[k]), k, f"is {p[k]}; it must be a positive number of seconds")
+        require(p["prediction_timeout"] >= 0, "prediction_timeout", "must be >= 0 (0 disables the check)")
+        for k in ("threshold", "scale", "consecutive", "instant"):
+            require(p[k] >= 0, k, f"is {p[k]}; it must be >= 0 (0 = use the checkpoint's calibration)")
+        require(p["torch_threads"] >= 1, "torch_threads", "must be >= 1")
+        self.p = p
+        return p
+
+    def _load(self, p):
+        import torch
+
+        from jepa_wm.core.checkpoint import CheckpointError, load_checkpoint
+
+        torch.set_num_threads(p["torch_threads"])
+        try:
+            model, meta = load_checkpoint(p["model"])
+        except CheckpointError as e:
+            raise ParameterError(f"parameter 'model': {e}") from None
+        self.encode = Encoder(model)
+        cal = (meta or {}).get("surprise") or {}
+        self.scale = p["scale"] or float(cal.get("scale", 0.0))
+        self.threshold = p["threshold"] or float(cal.get("threshold", 0.0))
+        self.consecutive = p["consecutive"] or int(cal.get("consecutive", 2))
+        self.instant = p["instant"] or float(cal.get("instant", 3.0))
+        require(self.instant >= 1, "instant", f"is {self.instant}; it must be >= 1")
+        require(self.scale > 0, "scale", f"is unset and checkpoint {p['model']} has no surprise calibration: set scale")
+        require(self.threshold > 0, "threshold",
+                f"is unset and checkpoint {p['model']} has no surprise calibration: set threshold")
+        from jepa_wm.core.surprise import SurpriseDetector
+
+        self.detector = SurpriseDetector(self.threshold, self.consecutive, self.instant)
+        self.latent_dim = model.cfg.latent_dim
+
+    # ------------------------------------------------------------------ inputs
+
+    def _now(self) -> int:
+        return self.get_clock().now().nanoseconds
+
+    def _on_image(self, msg: Image):
+        self._on_frame(msg, rgb_from_image)
+
+    def _on_compressed(self, msg: CompressedImage):
+        self._on_frame(msg, rgb_from_compressed)
+
+    def _on_frame(self, msg, decode):
+        try:
+            rgb = decode(msg)
+        except ValueError as e:
+            self.bad_frames += 1
+            self.get_logger().warn(f"dropping camera frame: {e}", throttle_duration_sec=2.0)
+            return
+        self.last_frame_ns = self._now()
+        z = self.encode(rgb)
+        t = stamp_ns(msg.header.stamp)
+        self.observed[t] = z
+        while len(self.observed) > 64:
+            self.observed.popitem(last=False)
+        self.observed_pub.publish(vector_msg(z, header=msg.header))
+        self._match()
+
+    def _on_prediction(self, msg: Image):
+        try:
+            z = vector_from_msg(msg)
+        except ValueError as e:
+            self.get_logger().warn(f"bad prediction message: {e}", throttle_duration_sec=2.0)
+            z = np.full(self.latent_dim, np.nan, dtype=np.float32)  # unusable counts as surprising
+        self.last_prediction_ns = self._now()
+        self.predictions[stamp_ns(msg.header.stamp)] = z
+        while len(self.predictions) > 64:
+            self.predictions.popitem(last=False)
+        self._match()
+
+    def _on_gate_state(self, msg: String):
+        try:
+            mode = json.loads(msg.data).get("mode")
+        except (ValueError, AttributeError):
+            return
+        if mode == "autonomy" and self.autonomy_since_ns is None:
+            self.autonomy_since_ns = self._now()
+        elif mode != "autonomy":
+            self.autonomy_since_ns = None
+
+    # ------------------------------------------------------------------ scoring
+
+    def _match(self):
+        """Score every prediction whose target frame has been observed."""
+        dt = int(self.p["prediction_dt"] * 1e9)
+        tol = int(self.p["match_tolerance"] * 1e9)
+        newest = next(reversed(self.observed)) if self.observed else None
+        for src in list(self.predictions):
+            target = src + dt
+            frame = min(self.observed, key=lambda t: abs(t - target), default=None)
+            if frame is not None and abs(frame - target) <= tol:
+                self._score(frame, self.predictions.pop(src), self.observed[frame])
+            elif newest is not None and newest > target + tol:
+                self.predictions.pop(src)  # its frame never came (dropped): not scored
+
+    def _score(self, stamp: int, predicted, observed):
+        from jepa_wm.core.surprise import surprise_score
+
+        if self.p["score_only_in_autonomy"] and self.autonomy_since_ns is None:
+            self.detector.reset()
+            return
+        if predicted.shape != observed.shape:
+            score = float("inf")
+        else:
+            score = float(surprise_score(predicted, observed, self.scale))
+        self.last_score, self.scored = score, self.scored + 1
+        tripped = self.detector.update(score)
+        from builtin_interfaces.msg import Time
+
+        t = Time(sec=stamp // 1_000_000_000, nanosec=stamp % 1_000_000_000)
+        self.score_pub.publish(vector_msg([score, self.threshold, float(tripped)], stamp=t))
+        if tripped:
+            self.trips += 1
+            self._latch(f"surprise {score:.3g} > threshold {self.threshold:.3g} for "
+                        f"{self.detector.run} frame(s) (frame stamp {stamp / 1e9:.3f})")
+
+    def _check_stale(self):
+        now = self._now()
+        since = self.last_frame_ns if self.last_frame_ns is not None else self.start_ns
+        limit = self.p["camera_timeout"] if self.last_frame_ns is not None else self.p["startup_grace"]
+        if now - since > limit * 1e9:
+            self._latch(f"camera '{self.p['camera_topic']}' silent for more than {limit} s")
+        pt = self.p["prediction_timeout"]
+        if pt > 0 and self.autonomy_since_ns is not None:
+            since = max(self.autonomy_since_ns, self.last_prediction_ns or 0)
+            if now - since > pt * 1e9:
+                self._latch(f"no predictions on '{self.p['predicted_topic']}' for {pt} s while autonomy is active")
+
+    def _latch(self, reason: str):
+        if self.stopped:
+            return
+        self.stopped, self.stop_reason = True, reason
+        self.stop_pub.publish(Bool(data=True))
+        self.get_logger().error(f"PROTECTIVE STOP latched: {reason}; call ~/reset to clear")
+
+    def _on_reset(self, req, res: Trigger.Response):
+        now = self._now()
+        if self.last_frame_ns is None or now - self.last_frame_ns > self.p["camera_timeout"] * 1e9:
+            res.success, res.message = False, f"not reset: camera '{self.p['camera_topic']}' is not live"
+            return res
+        was = self.stop_reason
+        self.stopped, self.stop_reason = False, ""
+        self.detector.reset()
+        self.predictions.clear()
+        self.autonomy_since_ns = None  # the gate re-announces autonomy when it is re-engaged
+        self.stop_pub.publish(Bool(data=False))
+        self.get_logger().warn(f"protective stop reset (was: {was or 'not latched'})")
+        res.success, res.message = True, f"reset; was: {was or 'not latched'}"
+        return res
+
+    def _diagnostics(self):
+        st = DiagnosticStatus(name="jepa_wm: surprise_monitor", hardware_id="jepa_wm")
+        if self.stopped:
+            st.level, st.message = DiagnosticStatus.ERROR, f"protective stop: {self.stop_reason}"
+        elif self.bad_frames or self.last_frame_ns is None:
+            st.level, st.message = DiagnosticStatus.WARN, ("waiting for camera" if self.last_frame_ns is None
+                                                           else f"{self.bad_frames} malformed camera frames dropped")
+        else:
+            st.level, st.message = DiagnosticStatus.OK, "monitoring"
+        st.values = [KeyValue(key=k, value=str(v)) for k, v in (
+            ("stopped", self.stopped), ("last_score", f"{self.last_score:.4g}"), ("threshold", self.threshold),
+            ("consecutive", self.consecutive), ("scale", self.scale), ("scored_frames", self.scored),
+            ("trips", self.trips), ("malformed_frames", self.bad_frames),
+        )]
+        arr = DiagnosticArray(status=[st])
+        arr.header.stamp = self.get_clock().now().to_msg()
+        self.diag_pub.publish(arr)
+
+
+def main(args=None) -> int:
+    return main_for(SurpriseMonitor, args)
