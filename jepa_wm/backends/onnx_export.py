@@ -1,0 +1,150 @@
+"""ONNX export of the encoder and the predictor, with a manifest that records what was exported.
+
+Three graphs, all with a dynamic batch dimension:
+
+- ``encoder.onnx``: pixels (B, 3, S, S) float in [-1, 1] -> latent (B, D).
+  Resizing and uint8 conversion stay outside (``core.model.preprocess``),
+  shared by every backend.
+- ``predictor.onnx``: the teacher-forced ``predict(latents, actions)``,
+  dynamic batch and time: (B, T, D), (B, T, A) -> (B, T, D).
+- ``rollout.onnx``: what the planner runs. One call imagines a whole CEM
+  iteration: history (1, H, D), history_actions (1, H-1, A), plan_actions
+  (S, N, A) -> latents (S, N, D), dynamic S (the sample count). The KV-cached
+  rollout is unrolled over the horizon N inside the graph (N and H are fixed at
+  export time and written in the manifest), so keys and values never cross the
+  runtime boundary and the planner makes one runtime call per iteration. The
+  alternatives cost more: driving ``predictor.onnx`` step by step recomputes the
+  whole sequence (3+4+...+7 = 25 tokens per candidate instead of 5 at H=3, N=5),
+  and a single-step graph with explicit KV inputs/outputs copies the growing
+  cache in and out N times per iteration and pays N calls' overhead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+MANIFEST = "manifest.json"
+OPSET = 18
+
+
+class EncoderGraph(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels):
+        return self.model.encode(pixels)
+
+
+class PredictGraph(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, latents, actions):
+        return self.model.predict(latents, actions)
+
+
+class RolloutGraph(nn.Module):
+    """The KV-cached rollout written with the model's own cache path (concatenated keys and
+    values), which traces to a clean graph with a symbolic sample count; the eager fast
+    path (`Predictor.rollout_steps`) writes into preallocated buffers, which ONNX does not need."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, history, history_actions, plan_actions):
+        m = self.model
+        S, N = plan_actions.shape[0], plan_actions.shape[1]
+        cache = m.observe(history, history_actions)
+        if cache.k[0] is not None:
+            cache.expand(S)
+        z = history[:, -1:].expand(S, -1, -1)
+        out = []
+        for n in range(N):
+            z = m.pred_projector(m.predictor(z, plan_actions[:, n:n + 1], cache))
+            out.append(z)
+        return torch.cat(out, dim=1)
+
+
+def sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _export(module, args, path, input_names, output_names, dynamic_axes):
+    module.eval()  # a fresh wrapper is in training mode, and the exporter restores that mode recursively
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module, args, str(path), input_names=input_names, output_names=output_names,
+            dynamic_axes=dynamic_axes, opset_version=OPSET, dynamo=False, do_constant_folding=True,
+        )
+
+
+@torch.no_grad()
+def export_onnx(model, out_dir, horizon: int = 5, check: bool = True) -> dict:
+    """Write encoder.onnx, predictor.onnx, rollout.onnx and manifest.json into out_dir; returns the manifest."""
+    import onnx
+
+    cfg = model.cfg
+    model = model.float().eval()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    H, D, A = cfg.history, cfg.latent_dim, cfg.action_block
+    g = torch.Generator().manual_seed(0)
+    files = {}
+
+    pixels = torch.rand(2, 3, cfg.image_size, cfg.image_size, generator=g) * 2 - 1
+    _export(EncoderGraph(model), (pixels,), out / "encoder.onnx", ["pixels"], ["latent"],
+            {"pixels": {0: "batch"}, "latent": {0: "batch"}})
+    files["encoder"] = "encoder.onnx"
+
+    lat, act = torch.randn(2, H + 1, D, generator=g), torch.randn(2, H + 1, A, generator=g)
+    _export(PredictGraph(model), (lat, act), out / "predictor.onnx", ["latents", "actions"], ["predictions"],
+            {"latents": {0: "batch", 1: "time"}, "actions": {0: "batch", 1: "time"}, "predictions": {0: "batch", 1: "time"}})
+    files["predictor"] = "predictor.onnx"
+
+    hist, hist_a = torch.randn(1, H, D, generator=g), torch.randn(1, H - 1, A, generator=g)
+    plan = torch.randn(4, horizon, A, generator=g)
+    _export(RolloutGraph(model), (hist, hist_a, plan), out / "rollout.onnx",
+            ["history", "history_actions", "plan_actions"], ["latents"],
+            {"plan_actions": {0: "samples"}, "latents": {0: "samples"}})
+    files["rollout"] = "rollout.onnx"
+
+    if check:
+        for name in files.values():
+            onnx.checker.check_model(str(out / name))
+    manifest = {
+        "format": "jepa_wm.onnx.v1",
+        "opset": OPSET,
+        "model_config": cfg.to_dict(),
+        "horizon": horizon,
+        "history": H,
+        "files": files,
+        "sha256": {k: sha256(out / v) for k, v in files.items()},
+        "inputs": {
+            "encoder": {"pixels": ["batch", 3, cfg.image_size, cfg.image_size]},
+            "predictor": {"latents": ["batch", "time", D], "actions": ["batch", "time", A]},
+            "rollout": {"history": [1, H, D], "history_actions": [1, H - 1, A], "plan_actions": ["samples", horizon, A]},
+        },
+    }
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def read_manifest(onnx_dir) -> dict:
+    path = Path(onnx_dir) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run `jepa-wm export --model CKPT --out {onnx_dir}` first")
+    return json.loads(path.read_text())
