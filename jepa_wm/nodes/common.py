@@ -245,5 +245,7 @@ class Encoder:
         self.size = model.cfg.image_size
 
     def __call__(self, rgb) -> np.ndarray:
+        if not getattr(rgb, "flags", None) or not rgb.flags.writeable:
+            rgb = np.array(rgb, dtype=np.uint8)  # torch warns on read-only buffers
         with self._torch.inference_mode():
             return self.model.encode(self._preprocess(rgb, self.size))[0].float().numpy()

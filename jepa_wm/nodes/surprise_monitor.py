@@ -246,6 +246,7 @@ class SurpriseMonitor(Node):
         self.stopped, self.stop_reason = True, reason
         self.stop_pub.publish(Bool(data=True))
         self.get_logger().error(f"PROTECTIVE STOP latched: {reason}; call ~/reset to clear")
+        self._diagnostics()
 
     def _on_reset(self, req, res: Trigger.Response):
         now = self._now()

@@ -1,0 +1,130 @@
+"""The planner as a real process: commands a controller can execute, stamped latents, bad frames, parameters."""
+
+import io
+
+import numpy as np
+import pytest
+
+pytest.importorskip("rclpy", reason="rclpy (ros-rclpy wheels or a ROS 2 install) is needed for node tests")
+pytest.importorskip("jepa_wm.data.images", reason="jepa_wm.data.images (camera frame decoding) is not in this checkout")
+
+from builtin_interfaces.msg import Time  # noqa: E402
+from sensor_msgs.msg import CompressedImage, Image, JointState  # noqa: E402
+from std_msgs.msg import Float64MultiArray  # noqa: E402
+from std_srvs.srv import Trigger  # noqa: E402
+from trajectory_msgs.msg import JointTrajectory  # noqa: E402
+
+from jepa_wm.nodes.common import SENSOR_QOS, image_msg_from_rgb, stamp_ns, vector_from_msg  # noqa: E402
+
+JOINTS = ["shoulder", "elbow", "wrist"]
+
+
+def scene(k):
+    img = np.full((64, 64, 3), 60, np.uint8)
+    img[20:40, 10 + k % 30:22 + k % 30] = (30, 200, 90)
+    return img
+
+
+class Rig:
+    def __init__(self, ros):
+        self.ros, n = ros, ros.node
+        self.cam = n.create_publisher(Image, "/camera/image_raw", SENSOR_QOS)
+        self.cam_c = n.create_publisher(CompressedImage, "/camera/image_raw/compressed", SENSOR_QOS)
+        js = n.create_publisher(JointState, "/joint_states", 10)
+        n.create_timer(0.05, lambda: js.publish(JointState(name=JOINTS, position=[0.0, 0.1, -0.1])))
+        self.traj = ros.collect(JointTrajectory, "/command_gate/autonomy/joint_trajectory")
+        self.arr = ros.collect(Float64MultiArray, "/command_gate/autonomy/commands")
+        self.pred = ros.collect(Image, "/planner/predicted_latent")
+        self.obs = ros.collect(Image, "/planner/observed_latent")
+        self.debug = ros.collect(Image, "/planner/debug_image")
+        self.k = 0
+        self.stamps = []
+
+    def frame(self, msg=None):
+        ns = (500 + self.k) * 10**9
+        if msg is None:
+            msg = image_msg_from_rgb(scene(self.k))
+        msg.header.stamp = Time(sec=ns // 10**9, nanosec=0)
+        (self.cam_c if isinstance(msg, CompressedImage) else self.cam).publish(msg)
+        self.stamps.append(ns)
+        self.k += 1
+        self.ros.spin_for(0.15)
+
+
+def _up(ros, start_node, ckpt, **over):
+    node = start_node("planner", "planner.yaml", {"model": str(ckpt), **over})
+    assert node.wait_output("active", 60), node.output
+    rig = Rig(ros)
+    assert ros.spin_until(lambda: ros.node.count_subscribers("/camera/image_raw") > 0, 15)
+    return node, rig
+
+
+def test_plans_executable_trajectories_with_stamped_latents(ros, start_node, tiny_checkpoint):
+    node, rig = _up(ros, start_node, tiny_checkpoint)
+    rig.frame()
+    res = ros.call(Trigger, "/planner/capture_goal", Trigger.Request())
+    assert res.success, res.message
+    # Every encoding a camera may send: rgb8, bgr8, mono8, and PNG on /compressed.
+    bgr = image_msg_from_rgb(scene(50)[..., ::-1].copy())
+    bgr.encoding = "bgr8"
+    mono = Image(height=64, width=64, encoding="mono8", step=64, data=scene(3)[..., 1].tobytes())
+    from PIL import Image as PILImage
+
+    buf = io.BytesIO()
+    PILImage.fromarray(scene(7)).save(buf, format="PNG")
+    png = CompressedImage(format="png", data=buf.getvalue())
+    for msg in (None, bgr, None, mono, None, png, None, None):
+        rig.frame(msg)
+    assert ros.spin_until(lambda: len(rig.traj) >= 5, 10), node.output
+    for _, t in rig.traj:
+        assert list(t.joint_names) == JOINTS
+        assert stamp_ns(t.header.stamp) > 0
+        times = [p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in t.points]
+        assert len(times) == 3 and all(b > a for a, b in zip(times, times[1:])), times
+        pos = np.array([p.positions for p in t.points])
+        assert pos.shape == (3, 3) and np.all(pos >= -1.5) and np.all(pos <= 1.5), pos
+    # Latents carry the stamp of the camera frame they come from.
+    pred_stamps = {stamp_ns(m.header.stamp) for _, m in rig.pred}
+    assert pred_stamps and pred_stamps <= set(rig.stamps)
+    z = vector_from_msg(rig.obs[-1][1])
+    assert z.shape == (16,) and np.all(np.isfinite(z))
+    dbg = rig.debug[-1][1] if rig.debug else None
+    assert dbg is not None and dbg.encoding == "rgb8" and dbg.width == 2 * 96, "debug image: current | goal side by side"
+    assert node.alive()
+
+
+def test_malformed_frames_are_logged_and_dropped(ros, start_node, tiny_checkpoint):
+    node, rig = _up(ros, start_node, tiny_checkpoint)
+    rig.frame()
+    assert ros.call(Trigger, "/planner/capture_goal", Trigger.Request()).success
+    truncated = image_msg_from_rgb(scene(1))
+    truncated.data = bytes(truncated.data)[:1000]
+    rig.frame(truncated)
+    assert node.wait_output("dropping frame", 5), node.output
+    n = len(rig.traj)
+    rig.frame()
+    rig.frame()
+    assert ros.spin_until(lambda: len(rig.traj) > n, 5), "still planning after a bad frame"
+    assert node.alive()
+
+
+def test_forward_command_output(ros, start_node, tiny_checkpoint):
+    node, rig = _up(ros, start_node, tiny_checkpoint, output_type="forward_command")
+    rig.frame()
+    assert ros.call(Trigger, "/planner/capture_goal", Trigger.Request()).success
+    for _ in range(4):
+        rig.frame()
+    assert ros.spin_until(lambda: len(rig.arr) >= 2, 10), node.output
+    assert all(len(m.data) == 3 for _, m in rig.arr)
+
+
+@pytest.mark.parametrize("over,needle", [
+    ({"model": "/nonexistent/model.safetensors"}, "parameter 'model'"),
+    ({"joint_names": ["a", "b", "c"]}, "parameter 'joint_names'"),
+    ({"elites": 1000}, "parameter 'elites'"),
+    ({"output_type": "velocity"}, "parameter 'output_type'"),
+])
+def test_bad_parameters_refuse_to_start(start_node, tiny_checkpoint, over, needle):
+    node = start_node("planner", "planner.yaml", {"model": str(tiny_checkpoint), **over})
+    assert node.proc.wait(timeout=60) == 2, node.output
+    assert needle in node.output and "refusing to start" in node.output, node.output

@@ -1,0 +1,153 @@
+"""The surprise monitor as a real process: latches on surprise and on a silent camera, survives bad frames."""
+
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("rclpy", reason="rclpy (ros-rclpy wheels or a ROS 2 install) is needed for node tests")
+pytest.importorskip("jepa_wm.data.images", reason="jepa_wm.data.images (camera frame decoding) is not in this checkout")
+
+from builtin_interfaces.msg import Time  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
+from std_msgs.msg import Bool  # noqa: E402
+from std_srvs.srv import Trigger  # noqa: E402
+
+from jepa_wm.nodes.common import LATCHED_QOS, SENSOR_QOS, image_msg_from_rgb, stamp_ns, vector_from_msg, vector_msg  # noqa: E402
+
+DT = 0.1
+
+
+class Camera:
+    """Test-side camera: frames stamped exactly k x DT apart, a prediction per observed latent."""
+
+    def __init__(self, ros):
+        self.ros, n = ros, ros.node
+        self.pub = n.create_publisher(Image, "/camera/image_raw", SENSOR_QOS)
+        self.pred = n.create_publisher(Image, "/planner/predicted_latent", 10)
+        self.stops = ros.collect(Bool, "/jepa_wm/stop", LATCHED_QOS)
+        self.scores = ros.collect(Image, "/surprise_monitor/score")
+        self.observed = ros.collect(Image, "/surprise_monitor/observed_latent")
+        self.diags = ros.collect(DiagnosticArray, "/diagnostics")
+        self.t0 = 1_000 * 10**9
+        self.k = 0
+        self.offset = 0.0  # added to every prediction: 0 = a perfect model
+        self.rng = np.random.default_rng(0)
+        self.answered = 0
+
+    def frame(self):
+        img = np.full((48, 64, 3), 90, np.uint8)
+        x = 8 + (self.k % 20) * 2
+        img[10:30, x:x + 12] = (200, 40, 40)
+        ns = self.t0 + int(self.k * DT * 1e9)
+        self.pub.publish(image_msg_from_rgb(img, Time(sec=ns // 10**9, nanosec=ns % 10**9), "camera"))
+        self.k += 1
+
+    def answer(self):
+        """Predict each newly observed frame from its predecessor's stamp (as the planner would)."""
+        while self.answered < len(self.observed):
+            msg = self.observed[self.answered][1]
+            self.answered += 1
+            src = stamp_ns(msg.header.stamp) - int(DT * 1e9)
+            z = vector_from_msg(msg) + self.offset
+            self.pred.publish(vector_msg(z, stamp=Time(sec=src // 10**9, nanosec=src % 10**9)))
+
+    def run(self, frames, answer=True):
+        for _ in range(frames):
+            self.frame()
+            end = time.monotonic() + DT
+            while time.monotonic() < end:
+                self.ros.executor.spin_once(timeout_sec=0.01)
+                if answer:
+                    self.answer()
+
+    def stopped(self):
+        return bool(self.stops) and self.stops[-1][1].data
+
+
+def _start(start_node, ckpt, **over):
+    params = {"model": str(ckpt), "startup_grace": 5.0, "camera_timeout": 0.8, "score_only_in_autonomy": False}
+    params.update(over)
+    mon = start_node("surprise_monitor", "monitor.yaml", params)
+    assert mon.wait_output("monitor up", 60), mon.output
+    return mon
+
+
+def test_injected_surprise_latches_within_two_frames_until_reset(ros, start_node, tiny_checkpoint):
+    mon = _start(start_node, tiny_checkpoint)
+    cam = Camera(ros)
+    assert ros.spin_until(lambda: ros.node.count_subscribers("/camera/image_raw") > 0, 15)
+    cam.run(12)
+    assert cam.scores, f"nominal predictions are scored\n{mon.output}"
+    assert not cam.stopped(), f"a perfect model does not trip the stop: {[vector_from_msg(m) for _, m in cam.scores]}"
+    n_scores = len(cam.scores)
+    cam.offset = 1.0  # the world stops doing what the model predicts
+    cam.run(4)
+    assert cam.stopped(), mon.output
+    injected = [vector_from_msg(m) for _, m in cam.scores[n_scores:]]
+    tripped_at = next(i for i, s in enumerate(injected) if s[2] > 0)
+    assert tripped_at <= 1, f"tripped at the {tripped_at + 1}th surprising frame: {injected}"
+    assert injected[0][0] > injected[0][1], "score above the calibrated threshold"
+    # Latched: back to nominal does not clear it.
+    cam.offset = 0.0
+    cam.run(5)
+    assert cam.stopped()
+    res = ros.call(Trigger, "/surprise_monitor/reset", Trigger.Request())
+    assert res.success, res.message
+    assert ros.spin_until(lambda: not cam.stopped(), 3)
+    cam.run(5)
+    assert not cam.stopped()
+    assert any(s.level == DiagnosticStatus.ERROR and "protective stop" in s.message for _, d in cam.diags for s in d.status)
+    assert mon.wait_output("PROTECTIVE STOP latched: surprise", 3), mon.output
+
+
+def test_silent_camera_latches_and_reset_needs_a_live_camera(ros, start_node, tiny_checkpoint):
+    mon = _start(start_node, tiny_checkpoint)
+    cam = Camera(ros)
+    assert ros.spin_until(lambda: ros.node.count_subscribers("/camera/image_raw") > 0, 15)
+    cam.run(8)
+    assert not cam.stopped()
+    t_last = time.monotonic()
+    assert ros.spin_until(cam.stopped, 3.0), mon.output
+    assert time.monotonic() - t_last < 0.8 + 0.5
+    assert mon.wait_output("silent for more than", 3), mon.output
+    res = ros.call(Trigger, "/surprise_monitor/reset", Trigger.Request())
+    assert not res.success and "not live" in res.message
+    cam.run(3)
+    assert ros.call(Trigger, "/surprise_monitor/reset", Trigger.Request()).success
+
+
+def test_malformed_frames_are_reported_and_the_monitor_survives(ros, start_node, tiny_checkpoint):
+    mon = _start(start_node, tiny_checkpoint)
+    cam = Camera(ros)
+    assert ros.spin_until(lambda: ros.node.count_subscribers("/camera/image_raw") > 0, 15)
+    good = image_msg_from_rgb(np.zeros((32, 32, 3), np.uint8))
+    wrong_encoding = image_msg_from_rgb(np.zeros((32, 32, 3), np.uint8))
+    wrong_encoding.encoding = "xyz42"
+    truncated = image_msg_from_rgb(np.zeros((32, 32, 3), np.uint8))
+    truncated.data = bytes(truncated.data)[:100]
+    wrong_size = image_msg_from_rgb(np.zeros((32, 32, 3), np.uint8))
+    wrong_size.height = 64
+    for msg in (wrong_encoding, truncated, wrong_size):
+        cam.pub.publish(msg)
+        ros.spin_for(0.15)
+    cam.run(5)
+    assert mon.alive(), mon.output
+    assert mon.wait_output("dropping camera frame", 3), mon.output
+    assert "xyz42" in mon.output, "the log names the problem"
+    assert len(cam.observed) >= 4, "good frames after bad ones are still encoded"
+    assert good is not None
+    assert ros.spin_until(lambda: any(
+        kv.key == "malformed_frames" and int(kv.value) >= 3 for _, d in cam.diags for s in d.status for kv in s.values), 3)
+
+
+@pytest.mark.parametrize("over,needle", [
+    ({"model": "/nonexistent/model.safetensors"}, "parameter 'model'"),
+    ({"camera_timeout": 0.0}, "parameter 'camera_timeout'"),
+])
+def test_bad_parameters_refuse_to_start(start_node, tiny_checkpoint, over, needle):
+    params = {"model": str(tiny_checkpoint), **over}
+    mon = start_node("surprise_monitor", "monitor.yaml", params)
+    assert mon.proc.wait(timeout=60) == 2, mon.output
+    assert needle in mon.output and "refusing to start" in mon.output, mon.output
