@@ -123,6 +123,21 @@ def check_limits(names, lower, upper):
     return lo, hi
 
 
+def resolve_model(path: str) -> str:
+    """A checkpoint path as given, or, when relative and absent here, under the package's share dir."""
+    from pathlib import Path
+
+    if Path(path).is_absolute() or Path(path).exists():
+        return path
+    try:
+        from jepa_wm.resources import share_dir
+
+        candidate = share_dir() / path
+        return str(candidate) if candidate.exists() else path
+    except (ImportError, FileNotFoundError):
+        return path
+
+
 # ----------------------------------------------------------------------------- time
 
 

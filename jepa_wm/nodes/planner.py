@@ -39,13 +39,13 @@ from jepa_wm.nodes.common import (
     LATCHED_QOS,
     RELIABLE_QOS,
     SENSOR_QOS,
-    Encoder,
     ParameterError,
     check_limits,
     declare,
     image_msg_from_rgb,
     main_for,
     require,
+    resolve_model,
     rgb_from_compressed,
     rgb_from_image,
     seconds,
@@ -100,6 +100,9 @@ class Planner(LifecycleNode):
             "cost": d("cost", "l2", "goal cost: 'l2' or 'l1'"),
             "seed": d("seed", 0, "planner random seed"),
             "torch_threads": d("torch_threads", 1, "torch CPU threads"),
+            "backends": d("backends", ["torch"], "inference backends to try in order: tensorrt, onnxruntime, torch", kind="str[]"),
+            "precision": d("precision", "float32", "torch backend precision: float32 or bfloat16"),
+            "onnx_dir": d("onnx_dir", "", "exported ONNX directory for onnxruntime/tensorrt ('' = config/backends.yaml's)"),
             "debug_image": d("debug_image", True, "publish ~/debug_image"),
             "autostart": d("autostart", True, "configure and activate at start-up (no lifecycle manager needed)"),
         }
@@ -107,6 +110,9 @@ class Planner(LifecycleNode):
         require(len(p["joint_names"]) > 0 and all(p["joint_names"]), "joint_names", "is empty: set the arm's joint names")
         require(p["control_period"] > 0 and math.isfinite(p["control_period"]), "control_period", "must be a positive number of seconds")
         require(p["cost"] in ("l2", "l1"), "cost", f"is {p['cost']!r}; set 'l2' or 'l1'")
+        known = ("tensorrt", "onnxruntime", "torch")
+        require(p["backends"] and set(p["backends"]) <= set(known), "backends", f"is {p['backends']}; choose from {list(known)}")
+        require(p["precision"] in ("float32", "bfloat16"), "precision", f"is {p['precision']!r}; set float32 or bfloat16")
         for k in ("samples", "iterations", "warm_iterations", "horizon", "torch_threads"):
             require(p[k] >= 1, k, f"is {p[k]}; it must be >= 1")
         require(2 <= p["elites"] <= p["samples"], "elites", f"is {p['elites']}; it must be in 2..samples ({p['samples']})")
@@ -137,7 +143,7 @@ class Planner(LifecycleNode):
         p = self.p
         torch.set_num_threads(p["torch_threads"])
         try:
-            model, meta = load_checkpoint(p["model"])
+            model, meta = load_checkpoint(resolve_model(p["model"]))
         except CheckpointError as e:
             raise ParameterError(f"parameter 'model': {e}") from None
         cfg = model.cfg
@@ -159,8 +165,18 @@ class Planner(LifecycleNode):
         low = model.normalize_actions(torch.as_tensor(lo, dtype=torch.float32))
         high = model.normalize_actions(torch.as_tensor(hi, dtype=torch.float32))
         self.model, self.torch = model, torch
-        self.encode = Encoder(model)
-        self.cem = CEMPlanner(model, pcfg, low, high, seed=p["seed"])
+        from jepa_wm.backends import BackendUnavailable, load_backend_config, select_backend
+
+        bcfg = load_backend_config()
+        bcfg["torch"].update(precision=p["precision"], split_batch=1)
+        try:
+            sel = select_backend(p["backends"], model=model, onnx_dir=p["onnx_dir"] or None, config=bcfg,
+                                 logger=self.get_logger())
+        except BackendUnavailable as e:
+            raise ParameterError(f"parameter 'backends': {e}") from None
+        self.backend = sel.name
+        self.encode = lambda rgb: sel.encoder.encode(np.asarray(rgb, dtype=np.uint8)[None])[0].float().numpy()
+        self.cem = CEMPlanner(sel.predictor, pcfg, low, high, seed=p["seed"])
         self.history = collections.deque(maxlen=cfg.history)  # (latent tensor, executed action tensor or None)
         if p["goal_image"]:
             self._set_goal(self._read_goal_file(p["goal_image"]), f"file {p['goal_image']}")
@@ -350,7 +366,7 @@ class Planner(LifecycleNode):
         ms = np.asarray(self.plan_ms) if self.plan_ms else np.zeros(1)
         st.values = [KeyValue(key=k, value=str(v)) for k, v in (
             ("plans", self.plans), ("plan_ms_mean", f"{ms.mean():.1f}"), ("plan_ms_max", f"{ms.max():.1f}"),
-            ("malformed_frames", self.bad_frames), ("goal_set", self.goal_latent is not None),
+            ("malformed_frames", self.bad_frames), ("backend", getattr(self, "backend", "-")), ("goal_set", self.goal_latent is not None),
         )]
         arr = DiagnosticArray(status=[st])
         arr.header.stamp = self.get_clock().now().to_msg()

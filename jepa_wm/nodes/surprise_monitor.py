@@ -39,6 +39,7 @@ from jepa_wm.nodes.common import (
     declare,
     main_for,
     require,
+    resolve_model,
     rgb_from_compressed,
     rgb_from_image,
     stamp_ns,
@@ -125,7 +126,7 @@ class SurpriseMonitor(Node):
 
         torch.set_num_threads(p["torch_threads"])
         try:
-            model, meta = load_checkpoint(p["model"])
+            model, meta = load_checkpoint(resolve_model(p["model"]))
         except CheckpointError as e:
             raise ParameterError(f"parameter 'model': {e}") from None
         self.encode = Encoder(model)
