@@ -175,7 +175,7 @@ class Planner(LifecycleNode):
         except BackendUnavailable as e:
             raise ParameterError(f"parameter 'backends': {e}") from None
         self.backend = sel.name
-        self.encode = lambda rgb: sel.encoder.encode(np.asarray(rgb, dtype=np.uint8)[None])[0].float().numpy()
+        self.encode = lambda rgb: sel.encoder.encode(np.array(rgb, dtype=np.uint8)[None])[0].float().numpy()
         self.cem = CEMPlanner(sel.predictor, pcfg, low, high, seed=p["seed"])
         self.history = collections.deque(maxlen=cfg.history)  # (latent tensor, executed action tensor or None)
         if p["goal_image"]:

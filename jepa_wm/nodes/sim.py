@@ -202,7 +202,7 @@ class SimNode(Node):
     # ------------------------------------------------------------------ perturbations
 
     def _on_teleport(self, req, res):
-        xy = self.get_parameter("teleport_xy").value
+        xy = list(self.get_parameter("teleport_xy").value or [])  # "[]" in a params file arrives untyped
         if len(xy) == 2:
             new = np.asarray(xy, dtype=float)
         else:

@@ -1,0 +1,76 @@
+"""The simulator node as a real process: camera + joint states out, controller-like commands in, perturbations."""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("rclpy", reason="rclpy (ros-rclpy wheels or a ROS 2 install) is needed for node tests")
+pytest.importorskip("mujoco", reason="the embedded simulator needs mujoco")
+pytest.importorskip("jepa_wm.sim.arm", reason="jepa_wm.sim.arm (the embedded simulator) is not in this checkout")
+
+from sensor_msgs.msg import CameraInfo, Image, JointState  # noqa: E402
+from std_msgs.msg import Float64MultiArray  # noqa: E402
+from std_srvs.srv import SetBool, Trigger  # noqa: E402
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E402
+
+from jepa_wm.nodes.common import SENSOR_QOS, rgb_from_image  # noqa: E402
+
+
+def _up(ros, start_node, **over):
+    sim = start_node("sim", "sim.yaml", over)
+    assert sim.wait_output("sim up", 60), sim.output
+    images = ros.collect(Image, "/camera/image_raw", SENSOR_QOS)
+    infos = ros.collect(CameraInfo, "/camera/camera_info")
+    states = ros.collect(JointState, "/joint_states")
+    assert ros.spin_until(lambda: len(images) >= 3 and len(states) >= 3 and infos, 15), sim.output
+    return sim, images, states
+
+
+def test_publishes_camera_and_joint_states_and_follows_commands(ros, start_node):
+    sim, images, states = _up(ros, start_node)
+    img = images[-1][1]
+    assert (img.height, img.width, img.encoding) == (64, 64, "rgb8")
+    assert rgb_from_image(img).shape == (64, 64, 3)
+    stamps = [m.header.stamp.sec + m.header.stamp.nanosec * 1e-9 for _, m in images[-3:]]
+    assert all(b > a for a, b in zip(stamps, stamps[1:]))
+    names = list(states[-1][1].name)
+    start = np.array(states[-1][1].position)
+    # forward_command style: absolute targets, held.
+    target = np.clip(start + 0.3, -1.0, 1.0)
+    cmd = ros.node.create_publisher(Float64MultiArray, "/arm_controller/commands", 10)
+    ros.spin_until(lambda: ros.node.count_subscribers("/arm_controller/commands") > 0, 5)
+    cmd.publish(Float64MultiArray(data=target.tolist()))
+    ros.spin_for(3.0)
+    reached = np.array(states[-1][1].position)
+    assert np.abs(reached - target).max() < np.abs(start - target).max(), (start, target, reached)
+    # joint_trajectory style, joints in another order.
+    traj = ros.node.create_publisher(JointTrajectory, "/arm_controller/joint_trajectory", 10)
+    ros.spin_until(lambda: ros.node.count_subscribers("/arm_controller/joint_trajectory") > 0, 5)
+    goal = np.clip(start - 0.3, -1.0, 1.0)
+    pt = JointTrajectoryPoint(positions=goal[::-1].tolist())
+    pt.time_from_start.nanosec = 100_000_000
+    traj.publish(JointTrajectory(joint_names=names[::-1], points=[pt]))
+    ros.spin_for(3.0)
+    now = np.array(states[-1][1].position)
+    assert np.abs(now - goal).max() < np.abs(reached - goal).max(), (reached, goal, now)
+    assert sim.alive()
+
+
+def test_perturbation_services(ros, start_node):
+    sim, images, states = _up(ros, start_node)
+    before = rgb_from_image(images[-1][1]).astype(int)
+    res = ros.call(Trigger, "/sim/teleport_object", Trigger.Request())
+    assert res.success and "teleported" in res.message
+    n = len(images)
+    ros.spin_until(lambda: len(images) > n + 2, 3)
+    after = rgb_from_image(images[-1][1]).astype(int)
+    assert np.abs(after - before).sum() > 0, "the camera sees the object move"
+    assert ros.call(SetBool, "/sim/occlude_camera", SetBool.Request(data=True)).success
+    assert ros.call(SetBool, "/sim/block_joint", SetBool.Request(data=True)).success
+    assert ros.call(Trigger, "/sim/reset", Trigger.Request()).success
+    assert sim.alive()
+
+
+def test_bad_parameters_refuse_to_start(start_node):
+    sim = start_node("sim", "sim.yaml", {"image_encoding": "yuv422"})
+    assert sim.proc.wait(timeout=60) == 2
+    assert "parameter 'image_encoding'" in sim.output
