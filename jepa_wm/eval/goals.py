@@ -112,3 +112,15 @@ def run_episode(sim, task: GoalTask, agent: LatentAgent | None, budget: int, tol
     ep.success = ep.final_error < tolerance
     ep.frames = [start_image, goal_image, obs.image]
     return ep
+
+
+def summary(episodes: list[Episode]) -> dict:
+    ms = np.concatenate([e.plan_ms for e in episodes])
+    return {
+        "success_rate": float(np.mean([e.success for e in episodes])),
+        "final_error_mean": float(np.mean([e.final_error for e in episodes])),
+        "final_error_median": float(np.median([e.final_error for e in episodes])),
+        "plan_ms_median": float(np.median(ms)),
+        "plan_ms_p95": float(np.percentile(ms, 95)),
+        "episodes": len(episodes),
+    }

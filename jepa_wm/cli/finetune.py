@@ -1,0 +1,39 @@
+"""jepa-wm finetune: adapt the dynamics of a trained model to new bags (encoder frozen by default).
+
+The new checkpoint records its parent, the bags it used and its metrics; the
+surprise calibration is refreshed on the new data.
+"""
+
+from __future__ import annotations
+
+from jepa_wm.train.pipeline import DEFAULT_CONFIG
+
+
+def add_arguments(p):
+    p.add_argument("--model", required=True, help="parent checkpoint (.safetensors)")
+    p.add_argument("--bags", nargs="+", required=True, help="rosbag2 directories, or folders of them")
+    p.add_argument("--freeze", choices=["encoder", "none"], default="encoder",
+                   help="what stays fixed: 'encoder' (dynamics-only, the default) or 'none'")
+    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="training YAML; its 'finetune' section overrides 'train'")
+    p.add_argument("--out", default="runs/finetune", help="output directory (resumes if it holds a run)")
+    p.add_argument("--steps", type=int, help="override finetune steps")
+    p.add_argument("--seed", type=int, help="override the seed")
+
+
+def run(args) -> int:
+    from jepa_wm.core.checkpoint import read_header
+    from jepa_wm.core.config import dataclass_from_dict
+    from jepa_wm.data.dataset import DataConfig, load_episodes
+    from jepa_wm.train.pipeline import fit, load_config
+
+    config = load_config(args.config)
+    config["train"] = {**config.get("train", {}), **config.get("finetune", {}),
+                       "freeze_encoder": args.freeze == "encoder"}
+    for key in ("steps", "seed"):
+        if getattr(args, key) is not None:
+            config["train"][key] = getattr(args, key)
+    # Read the new bags the way the parent's bags were read (topics, image size, action definition).
+    data = config["data"] = read_header(args.model)["meta"].get("data") or config.get("data", {})
+    episodes = load_episodes(args.bags, dataclass_from_dict(DataConfig, data, "data config"))
+    fit(episodes, config, args.out, parent=args.model, sources=args.bags)
+    return 0
