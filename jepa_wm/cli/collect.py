@@ -1,0 +1,113 @@
+"""jepa-wm collect: run the exploration policy in the simulator and record one rosbag2 (MCAP) per episode.
+
+Episode i uses seed `seed + i` for both the start state and the policy, so a
+dataset is reproducible and can be extended with a later, disjoint seed range.
+The bags hold the same topics a real arm offers (camera, camera_info,
+joint_states, the commanded trajectory), so the training pipeline cannot tell
+simulated from recorded data.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+
+def add_arguments(p):
+    p.add_argument("--out", required=True, help="output folder; episodes go to OUT/episode_00000, ...")
+    p.add_argument("--episodes", type=int, default=100, help="number of episodes (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=100, help="frames per episode (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first episode (default: %(default)s)")
+    p.add_argument("--first-index", type=int, default=0, help="number of the first episode folder (to extend a dataset)")
+    p.add_argument("--push-fraction", type=float, default=0.3,
+                   help="fraction of episodes that push the object on purpose (default: %(default)s)")
+    p.add_argument("--max-step", type=float, default=0.15, help="max joint change per control step, rad (default: %(default)s)")
+    p.add_argument("--scene", default="builtin", help="'builtin' or an MJCF file (default: %(default)s)")
+    p.add_argument("--camera", default="overhead", help="camera name in the scene (default: %(default)s)")
+    p.add_argument("--object-body", default="", help="object body ('' = the first free body)")
+    p.add_argument("--width", type=int, default=64, help="image width (default: %(default)s)")
+    p.add_argument("--height", type=int, default=64, help="image height (default: %(default)s)")
+    p.add_argument("--control-dt", type=float, default=0.1, help="seconds per step (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=1, help="parallel processes, one simulator each (default: %(default)s)")
+
+
+def _sim_config(args):
+    from jepa_wm.sim.arm import SimConfig
+
+    return SimConfig(scene=args.scene, camera=args.camera, object_body=args.object_body, width=args.width,
+                     height=args.height, control_dt=args.control_dt, seed=args.seed)
+
+
+_WORKER = {}
+
+
+def record_episode(sim, policy, path: Path, steps: int, seed: int) -> int:
+    """One episode into a new bag at `path`; returns the number of frames."""
+    from jepa_wm.data.bags import EpisodeWriter
+
+    obs = sim.reset(seed=seed)
+    policy.reset(seed)
+    with EpisodeWriter(path, sim.joint_names, sim.cfg.control_dt) as writer:
+        for t in range(steps):
+            stamp = round(obs.time * 1e9)
+            writer.write_frame(stamp, obs.image, obs.joint_pos, obs.joint_vel)
+            action = policy.act(obs)
+            writer.write_command(stamp, action)  # issued right after frame t: it leads to frame t+1
+            if t < steps - 1:
+                obs = sim.step(action)
+    return steps
+
+
+def _work(job) -> int:
+    """Runs in a worker process: one simulator per process, built on first use."""
+    args, path, seed = job
+    if "sim" not in _WORKER:
+        from jepa_wm.sim.arm import ArmSim
+        from jepa_wm.sim.explore import ExplorationPolicy
+
+        sim = ArmSim(_sim_config(args))
+        _WORKER["sim"] = sim
+        _WORKER["policy"] = ExplorationPolicy(sim, args.push_fraction, args.max_step)
+    return record_episode(_WORKER["sim"], _WORKER["policy"], path, args.steps, seed)
+
+
+def run(args) -> int:
+    import multiprocessing
+
+    import yaml
+    from tqdm import tqdm
+
+    if args.episodes < 1 or args.steps < 2:
+        raise SystemExit("jepa-wm collect: --episodes must be >= 1 and --steps >= 2")
+    out = Path(args.out)
+    jobs = [(args, out / f"episode_{args.first_index + i:05d}", args.seed + i) for i in range(args.episodes)]
+    for _, path, _ in jobs:
+        if path.exists() and any(path.iterdir()):
+            raise SystemExit(f"jepa-wm collect: {path} already exists and is not empty; refusing to overwrite it "
+                             "(choose another --out or --first-index)")
+    out.mkdir(parents=True, exist_ok=True)
+    for _, path, _ in jobs:
+        if path.exists():
+            path.rmdir()  # empty: rosbag2 writes into a directory it creates itself
+
+    manifest = {"sim": asdict(_sim_config(args)), "push_fraction": args.push_fraction, "max_step": args.max_step,
+                "steps": args.steps, "seeds": [args.seed, args.seed + args.episodes - 1]}
+    (out / f"collect_{args.first_index:05d}.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+
+    t0, frames = time.time(), 0
+    bar = tqdm(total=args.episodes, desc="collect", unit="episode")
+    if args.workers > 1:
+        # spawn: each process gets its own MuJoCo and EGL context.
+        with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
+            for n in pool.imap_unordered(_work, jobs):
+                frames += n
+                bar.update()
+    else:
+        for job in jobs:
+            frames += _work(job)
+            bar.update()
+    bar.close()
+    wall = time.time() - t0
+    print(f"wrote {args.episodes} episodes, {frames} frames to {out} in {wall:.1f} s ({frames / wall:.0f} frames/s)")
+    return 0

@@ -1,0 +1,284 @@
+"""rosbag2 I/O without ROS: write episodes as a ROS 2 recorder would, read any robot's bags.
+
+Writing uses the `rosbags` library's rosbag2 Writer with MCAP storage (ROS 2's
+default), so `ros2 bag info/play` and every MCAP tool read the episodes.
+Topics and types are the ones a ros2_control arm with a camera offers:
+
+    /camera/image_raw                  sensor_msgs/msg/Image (rgb8)
+    /camera/camera_info                sensor_msgs/msg/CameraInfo
+    /joint_states                      sensor_msgs/msg/JointState
+    /arm_controller/joint_trajectory   trajectory_msgs/msg/JointTrajectory (the command)
+
+Reading goes through `rosbags.highlevel.AnyReader`, driven by topic names
+(`DataConfig`), so bags recorded on a real robot load as they are: any image
+encoding, CompressedImage, commands as JointTrajectory or Float64MultiArray.
+Anything wrong with a bag raises BagError naming the bag and the topic.
+Input bags are only ever opened for reading.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from rosbags.highlevel import AnyReader
+from rosbags.rosbag2 import StoragePlugin, Writer
+from rosbags.typesys import Stores, get_typestore
+
+from jepa_wm.data.images import ImageFormatError, compressed_to_rgb, image_to_rgb, resize_rgb, rgb_to_image_fields
+
+TYPESTORE = get_typestore(Stores.ROS2_HUMBLE)  # message definitions unchanged through Kilted
+
+IMAGE = "sensor_msgs/msg/Image"
+COMPRESSED = "sensor_msgs/msg/CompressedImage"
+CAMERA_INFO = "sensor_msgs/msg/CameraInfo"
+JOINT_STATE = "sensor_msgs/msg/JointState"
+TRAJECTORY = "trajectory_msgs/msg/JointTrajectory"
+FLOAT_ARRAY = "std_msgs/msg/Float64MultiArray"
+
+
+class BagError(ValueError):
+    pass
+
+
+@dataclass
+class DataConfig:
+    """How to turn a robot's bags into training episodes."""
+
+    image_topic: str = "/camera/image_raw"  # Image, or CompressedImage (also found at <image_topic>/compressed)
+    joint_state_topic: str = "/joint_states"
+    action_topic: str = "/arm_controller/joint_trajectory"  # JointTrajectory or Float64MultiArray
+    action_type: str = "command"  # "command": commanded positions; "delta": next joint state minus current
+    joint_names: list[str] = field(default_factory=list)  # order of joints and actions; empty = the bag's order
+    image_size: int = 64
+    frameskip: int = 1  # keep every k-th camera frame (a 30 Hz camera with 3 gives 10 Hz steps)
+    max_gap_s: float = 1.0  # a longer gap between camera frames starts a new episode
+    stamps: str = "header"  # "header": header.stamp where set (else bag time); "receive": bag time for all
+    cache_dir: str = ""  # decoded-episode cache; "" = ~/.cache/jepa_wm/episodes, "off" = no cache
+
+    def __post_init__(self):
+        if self.action_type not in ("command", "delta"):
+            raise ValueError(f"action_type is {self.action_type!r}; use 'command' or 'delta'")
+        if self.stamps not in ("header", "receive"):
+            raise ValueError(f"stamps is {self.stamps!r}; use 'header' or 'receive'")
+        if self.frameskip < 1 or self.image_size < 8:
+            raise ValueError(f"frameskip ({self.frameskip}) must be >= 1 and image_size ({self.image_size}) >= 8")
+
+
+# ---------------------------------------------------------------------- writing
+
+
+def _time(ns: int):
+    return TYPESTORE.types["builtin_interfaces/msg/Time"](sec=int(ns // 1_000_000_000), nanosec=int(ns % 1_000_000_000))
+
+
+def _duration(seconds: float):
+    ns = int(round(seconds * 1e9))
+    return TYPESTORE.types["builtin_interfaces/msg/Duration"](sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
+
+
+def _header(ns: int, frame_id: str = ""):
+    return TYPESTORE.types["std_msgs/msg/Header"](stamp=_time(ns), frame_id=frame_id)
+
+
+class EpisodeWriter:
+    """One rosbag2 (MCAP) directory per episode: camera, camera_info, joint_states and commands, stamped in sim time.
+
+    Use as a context manager; `path` must not exist yet (rosbag2 never appends).
+    """
+
+    def __init__(self, path, joint_names, control_dt: float = 0.1, frame_id: str = "camera",
+                 image_topic: str = "/camera/image_raw", joint_state_topic: str = "/joint_states",
+                 action_topic: str = "/arm_controller/joint_trajectory"):
+        self.path = Path(path)
+        self.joint_names = list(joint_names)
+        self.control_dt = control_dt
+        self.frame_id = frame_id
+        self._writer = Writer(self.path, version=9, storage_plugin=StoragePlugin.MCAP)
+        self._writer.open()
+        info_topic = image_topic.rsplit("/", 1)[0] + "/camera_info"
+        add = lambda topic, t: self._writer.add_connection(topic, t, typestore=TYPESTORE)  # noqa: E731
+        self._conn = {"image": add(image_topic, IMAGE), "info": add(info_topic, CAMERA_INFO),
+                      "joints": add(joint_state_topic, JOINT_STATE), "action": add(action_topic, TRAJECTORY)}
+        self.frames = 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def _write(self, key, ns, msg):
+        self._writer.write(self._conn[key], ns, TYPESTORE.serialize_cdr(msg, msg.__msgtype__))
+
+    def write_frame(self, stamp_ns: int, image, joint_pos, joint_vel):
+        """The camera frame (+ CameraInfo) and the joint state measured at `stamp_ns`."""
+        types = TYPESTORE.types
+        fields = rgb_to_image_fields(image)
+        header = _header(stamp_ns, self.frame_id)
+        self._write("image", stamp_ns, types[IMAGE](header=header, is_bigendian=0, **fields))
+        h, w = fields["height"], fields["width"]
+        f = 0.5 * w / math.tan(math.radians(60) / 2)  # the builtin camera's fovy
+        roi = types["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False)
+        info = types[CAMERA_INFO](
+            header=header, height=h, width=w, distortion_model="plumb_bob", d=np.zeros(5),
+            k=np.array([f, 0, w / 2, 0, f, h / 2, 0, 0, 1.0]), r=np.eye(3).reshape(-1),
+            p=np.array([f, 0, w / 2, 0, 0, f, h / 2, 0, 0, 0, 1.0, 0]), binning_x=0, binning_y=0, roi=roi)
+        self._write("info", stamp_ns, info)
+        js = types[JOINT_STATE](header=_header(stamp_ns), name=self.joint_names,
+                                position=np.asarray(joint_pos, np.float64), velocity=np.asarray(joint_vel, np.float64),
+                                effort=np.zeros(0))
+        self._write("joints", stamp_ns, js)
+        self.frames += 1
+
+    def write_command(self, stamp_ns: int, positions):
+        """The joint targets commanded at `stamp_ns`, as a one-point trajectory reaching them in control_dt."""
+        types = TYPESTORE.types
+        point = types["trajectory_msgs/msg/JointTrajectoryPoint"](
+            positions=np.asarray(positions, np.float64), velocities=np.zeros(0), accelerations=np.zeros(0),
+            effort=np.zeros(0), time_from_start=_duration(self.control_dt))
+        self._write("action", stamp_ns, types[TRAJECTORY](header=_header(stamp_ns), joint_names=self.joint_names,
+                                                          points=[point]))
+
+
+# ---------------------------------------------------------------------- reading
+
+
+@dataclass
+class BagStreams:
+    """The decoded topics of one bag, each sorted by stamp (ns)."""
+
+    image_stamps: np.ndarray  # (N,) int64
+    images: np.ndarray  # (N, S, S, 3) uint8, resized to image_size
+    joint_names: list[str]
+    joint_stamps: np.ndarray  # (M,) int64
+    joint_pos: np.ndarray  # (M, J) float64, in joint_names order
+    command_stamps: np.ndarray  # (K,) int64 (empty for action_type "delta")
+    commands: np.ndarray  # (K, J) float64
+
+
+def _stamp(msg, bag_ns: int, cfg: DataConfig) -> int:
+    header = getattr(msg, "header", None)
+    if cfg.stamps == "header" and header is not None:
+        ns = header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+        if ns > 0:  # stamp 0 means "now" for commands
+            return ns
+    return bag_ns
+
+
+def _pick_image_topic(path, topics: dict, cfg: DataConfig) -> str:
+    for name in (cfg.image_topic, cfg.image_topic.rstrip("/") + "/compressed"):
+        if name in topics:
+            if topics[name] not in (IMAGE, COMPRESSED):
+                raise BagError(f"bag {path}: topic {name} has type {topics[name]}, expected {IMAGE} or {COMPRESSED}")
+            return name
+    raise BagError(f"bag {path}: no image topic {cfg.image_topic} (nor {cfg.image_topic}/compressed); "
+                   f"topics in the bag: {sorted(topics)}")
+
+
+def _require(path, topics: dict, topic: str, types: tuple[str, ...], what: str):
+    if topic not in topics:
+        raise BagError(f"bag {path}: no {what} topic {topic}; topics in the bag: {sorted(topics)}")
+    if topics[topic] not in types:
+        raise BagError(f"bag {path}: topic {topic} has type {topics[topic]}, expected {' or '.join(types)}")
+
+
+def _decode_image(msg, msgtype: str, size: int) -> np.ndarray:
+    if msgtype == COMPRESSED:
+        rgb = compressed_to_rgb(msg.format, msg.data)
+    else:
+        rgb = image_to_rgb(msg.encoding, msg.height, msg.width, msg.step, msg.data, msg.is_bigendian)
+    return resize_rgb(rgb, size)
+
+
+def _ordered(names, values, joint_names, path, topic):
+    """Values reordered to joint_names; None when the message lacks some of them (another group's message)."""
+    index = {n: i for i, n in enumerate(names)}
+    if not all(n in index for n in joint_names):
+        return None
+    if len(values) < len(names):
+        raise BagError(f"bag {path}: topic {topic} has {len(values)} positions for joints {list(names)}")
+    return [values[index[n]] for n in joint_names]
+
+
+def open_reader(path) -> AnyReader:
+    """An opened AnyReader over one rosbag2 directory, with failures as BagError."""
+    path = Path(path)
+    if not (path / "metadata.yaml").is_file():
+        raise BagError(f"bag {path}: no metadata.yaml (not a rosbag2 directory, or an interrupted recording; "
+                       "`ros2 bag reindex` rebuilds it)")
+    reader = AnyReader([path], default_typestore=TYPESTORE)
+    try:
+        reader.open()
+    except Exception as e:  # rosbags raises several types for unreadable storage
+        raise BagError(f"bag {path}: cannot open ({type(e).__name__}: {e})") from e
+    return reader
+
+
+def read_bag(path, cfg: DataConfig) -> BagStreams:
+    """Decode the camera, joint state and command topics of one bag (images resized to cfg.image_size)."""
+    path = Path(path)
+    reader = open_reader(path)
+    try:
+        topics = {c.topic: c.msgtype for c in reader.connections}
+        image_topic = _pick_image_topic(path, topics, cfg)
+        _require(path, topics, cfg.joint_state_topic, (JOINT_STATE,), "joint state")
+        wanted = [image_topic, cfg.joint_state_topic]
+        if cfg.action_type == "command":
+            _require(path, topics, cfg.action_topic, (TRAJECTORY, FLOAT_ARRAY), "action")
+            wanted.append(cfg.action_topic)
+        images, image_stamps, joints, joint_stamps, commands, command_stamps = [], [], [], [], [], []
+        names = list(cfg.joint_names)
+        current = image_topic
+        try:
+            connections = [c for c in reader.connections if c.topic in wanted]
+            for conn, bag_ns, raw in reader.messages(connections=connections):
+                current = conn.topic
+                msg = reader.deserialize(raw, conn.msgtype)
+                ns = _stamp(msg, bag_ns, cfg)
+                if conn.topic == image_topic:
+                    images.append(_decode_image(msg, conn.msgtype, cfg.image_size))
+                    image_stamps.append(ns)
+                elif conn.topic == cfg.joint_state_topic:
+                    names = names or list(msg.name)
+                    q = _ordered(msg.name, msg.position, names, path, conn.topic)
+                    if q is not None:
+                        joints.append(q), joint_stamps.append(ns)
+                elif conn.msgtype == TRAJECTORY:
+                    if msg.points:
+                        names = names or list(msg.joint_names)
+                        q = _ordered(msg.joint_names, msg.points[0].positions, names, path, conn.topic)
+                        if q is not None:
+                            commands.append(q), command_stamps.append(ns)
+                else:  # Float64MultiArray: one value per joint, in the controller's (= joint_names) order
+                    commands.append(list(msg.data)), command_stamps.append(ns)
+        except ImageFormatError as e:
+            raise BagError(f"bag {path}: topic {current}: {e}") from e
+        except BagError:
+            raise
+        except Exception as e:  # truncated or corrupt storage surfaces as many exception types
+            raise BagError(f"bag {path}: cannot read topic {current} ({type(e).__name__}: {e})") from e
+    finally:
+        reader.close()
+
+    if not images:
+        raise BagError(f"bag {path}: no frames on image topic {image_topic}")
+    if not joints:
+        raise BagError(f"bag {path}: no joint states for joints {names} on topic {cfg.joint_state_topic}")
+    if cfg.action_type == "command" and commands and len({len(c) for c in commands} | {len(names)}) != 1:
+        raise BagError(f"bag {path}: commands on topic {cfg.action_topic} do not have one value per joint {names}")
+    return BagStreams(*_sorted(image_stamps, np.stack(images)), names, *_sorted(joint_stamps, np.array(joints, float)),
+                      *_sorted(command_stamps, np.array(commands, float).reshape(len(commands), len(names))))
+
+
+def _sorted(stamps, values):
+    stamps = np.asarray(stamps, np.int64)
+    order = np.argsort(stamps, kind="stable")
+    return stamps[order], values[order]

@@ -1,0 +1,218 @@
+"""Episodes from rosbags, and the clip dataset the world model trains on.
+
+An episode is a sequence of camera frames with, for each frame t, the action
+that leads from frame t to frame t+1 and the measured joint positions at t.
+Bags are decoded once and cached as .npz (keyed by the bag's files and the
+data config), so every later epoch, run and rank starts in seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from jepa_wm.data.bags import BagError, BagStreams, DataConfig, read_bag
+
+__all__ = ["DataConfig", "Episode", "BagError", "load_episodes", "split_episodes", "ClipDataset", "action_stats",
+           "find_bags", "episodes_from_streams"]
+
+
+@dataclass
+class Episode:
+    frames: np.ndarray  # (T, S, S, 3) uint8
+    actions: np.ndarray  # (T, A) float32: the action taken after frame t (leads to frame t+1)
+    joints: np.ndarray  # (T, J) float32: joint positions at frame t
+    stamps: np.ndarray  # (T,) int64 ns
+    source: str  # the bag it came from
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+
+# ---------------------------------------------------------------------- synchronisation
+
+
+def _joints_at(stamps, joint_stamps, joint_pos) -> np.ndarray:
+    """Joint positions at each frame stamp, linearly interpolated (held beyond the ends)."""
+    return np.stack([np.interp(stamps, joint_stamps, joint_pos[:, j]) for j in range(joint_pos.shape[1])], axis=1)
+
+
+def _commands_for(stamps, command_stamps, commands, joints) -> np.ndarray:
+    """For frame t, the latest command issued in [stamp_t, stamp_t+1); else the previous frame's action.
+
+    Before any command the arm holds: the action is the measured position.
+    """
+    actions = np.empty_like(joints)
+    bounds = np.append(stamps[1:], np.iinfo(np.int64).max)
+    # Index of the last command stamped before each window's end.
+    last = np.searchsorted(command_stamps, bounds, side="left") - 1
+    for t in range(len(stamps)):
+        i = last[t]
+        if i >= 0 and command_stamps[i] >= stamps[t]:
+            actions[t] = commands[i]
+        elif t > 0:
+            actions[t] = actions[t - 1]
+        elif i >= 0:  # a command issued before the first frame is still in force
+            actions[t] = commands[i]
+        else:
+            actions[t] = joints[t]
+    return actions
+
+
+def episodes_from_streams(streams: BagStreams, cfg: DataConfig, source: str) -> list[Episode]:
+    """Split at camera gaps longer than max_gap_s, keep every frameskip-th frame, attach actions and joints."""
+    stamps = streams.image_stamps
+    cuts = np.nonzero(np.diff(stamps) > cfg.max_gap_s * 1e9)[0] + 1
+    episodes = []
+    for idx in np.split(np.arange(len(stamps)), cuts):
+        idx = idx[:: cfg.frameskip]
+        if len(idx) < 2:
+            continue
+        st = stamps[idx]
+        joints = _joints_at(st, streams.joint_stamps, streams.joint_pos)
+        if cfg.action_type == "delta":
+            actions = np.diff(joints, axis=0, append=joints[-1:])  # the last frame holds
+        else:
+            actions = _commands_for(st, streams.command_stamps, streams.commands, joints)
+        episodes.append(Episode(streams.images[idx], actions.astype(np.float32), joints.astype(np.float32), st,
+                                source))
+    return episodes
+
+
+# ---------------------------------------------------------------------- loading with a cache
+
+
+def find_bags(paths) -> list[Path]:
+    """rosbag2 directories among `paths`: each path is a bag (it has metadata.yaml or .mcap/.db3 files) or a
+    folder of bags, searched recursively."""
+    bags = []
+    for p in [paths] if isinstance(paths, (str, Path)) else paths:
+        p = Path(p).expanduser()
+        if not p.exists():
+            raise BagError(f"bag path {p} does not exist")
+        if p.is_file():
+            p = p.parent
+        if (p / "metadata.yaml").is_file() or any(p.glob("*.mcap")) or any(p.glob("*.db3")):
+            bags.append(p)
+            continue
+        found = sorted({m.parent for pattern in ("metadata.yaml", "*.mcap", "*.db3") for m in p.rglob(pattern)})
+        if not found:
+            raise BagError(f"no rosbag2 bags (metadata.yaml, .mcap, .db3) under {p}")
+        bags.extend(found)
+    return bags
+
+
+def _cache_dir(cfg: DataConfig) -> Path | None:
+    if cfg.cache_dir == "off":
+        return None
+    if cfg.cache_dir:
+        return Path(cfg.cache_dir).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "jepa_wm" / "episodes"
+
+
+def cache_key(bag: Path, cfg: DataConfig) -> str:
+    """Changes when the bag's files or any setting that affects decoding change."""
+    files = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(bag.iterdir()) if f.is_file()]
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "cache_dir"}
+    blob = json.dumps([str(bag.resolve()), files, settings], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def _save(path: Path, episodes: list[Episode]):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
+    np.savez(tmp, lengths=np.array([len(e) for e in episodes], np.int64),
+             frames=np.concatenate([e.frames for e in episodes]), actions=np.concatenate([e.actions for e in episodes]),
+             joints=np.concatenate([e.joints for e in episodes]), stamps=np.concatenate([e.stamps for e in episodes]))
+    os.replace(tmp, path)  # atomic: concurrent readers (other ranks) never see half a file
+
+
+def _load(path: Path, source: str) -> list[Episode]:
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in ("frames", "actions", "joints", "stamps")}
+        cuts = np.cumsum(z["lengths"])[:-1]
+    parts = {k: np.split(v, cuts) for k, v in arrays.items()}
+    return [Episode(f, a, j, s, source) for f, a, j, s in
+            zip(parts["frames"], parts["actions"], parts["joints"], parts["stamps"])]
+
+
+def load_bag(bag: Path, cfg: DataConfig) -> list[Episode]:
+    """The episodes of one bag, from the cache when it is current."""
+    root = _cache_dir(cfg)
+    cached = root / f"{bag.name}-{cache_key(bag, cfg)}.npz" if root else None
+    if cached is not None and cached.is_file():
+        return _load(cached, str(bag))
+    episodes = episodes_from_streams(read_bag(bag, cfg), cfg, str(bag))
+    if not episodes:
+        raise BagError(f"bag {bag}: no episode of 2 or more frames on topic {cfg.image_topic}")
+    if cached is not None:
+        _save(cached, episodes)
+    return episodes
+
+
+def load_episodes(bag_paths_or_dirs, cfg: DataConfig | None = None, progress: bool = True) -> list[Episode]:
+    """Every episode in the given bags (or folders of bags), decoded once and cached."""
+    from tqdm import tqdm
+
+    cfg = cfg or DataConfig()
+    bags = find_bags(bag_paths_or_dirs)
+    episodes = []
+    for bag in tqdm(bags, desc="loading bags", unit="bag", disable=not progress):
+        episodes.extend(load_bag(bag, cfg))
+    return episodes
+
+
+# ---------------------------------------------------------------------- training views
+
+
+def split_episodes(episodes, val_fraction: float, seed: int = 0):
+    """(train, val) by whole episodes, so no validation frame was seen in training; at least one of each
+    when there are two or more episodes."""
+    order = np.random.default_rng(seed).permutation(len(episodes))
+    n_val = int(round(val_fraction * len(episodes)))
+    if val_fraction > 0 and len(episodes) >= 2:
+        n_val = min(max(n_val, 1), len(episodes) - 1)
+    val = [episodes[i] for i in sorted(order[:n_val])]
+    train = [episodes[i] for i in sorted(order[n_val:])]
+    return train, val
+
+
+class ClipDataset(torch.utils.data.Dataset):
+    """Clips of `clip_len` frames, `frameskip` env steps apart; each step's action is the frameskip env actions
+    that lead to the next clip frame, concatenated (as LeWorldModel does)."""
+
+    def __init__(self, episodes, clip_len: int, frameskip: int = 1):
+        self.episodes, self.clip_len, self.frameskip = list(episodes), clip_len, frameskip
+        span = clip_len * frameskip  # env steps a clip covers, its last action block included
+        counts = [max(0, len(e) - span + 1) for e in self.episodes]
+        if sum(counts) == 0 and self.episodes:
+            raise ValueError(f"no episode is long enough for clips of {clip_len} frames x frameskip {frameskip} "
+                             f"(needs {span} frames; longest has {max(len(e) for e in self.episodes)})")
+        self.offsets = np.cumsum([0] + counts)
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, i: int) -> dict:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        e = int(np.searchsorted(self.offsets, i, side="right") - 1)
+        ep, t0, k = self.episodes[e], i - int(self.offsets[e]), self.frameskip
+        steps = slice(t0, t0 + self.clip_len * k, k)
+        actions = ep.actions[t0:t0 + self.clip_len * k].reshape(self.clip_len, k * ep.actions.shape[1])
+        return {"frames": torch.from_numpy(np.ascontiguousarray(ep.frames[steps])),
+                "actions": torch.from_numpy(np.ascontiguousarray(actions, dtype=np.float32)),
+                "joints": torch.from_numpy(np.ascontiguousarray(ep.joints[steps], dtype=np.float32))}
+
+
+def action_stats(episodes, floor: float = 1e-3):
+    """Per-dimension mean and std (floored, so a joint that never moved does not blow up normalisation)."""
+    actions = np.concatenate([e.actions for e in episodes]).astype(np.float64)
+    return actions.mean(0).astype(np.float32), np.maximum(actions.std(0), floor).astype(np.float32)

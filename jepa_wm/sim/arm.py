@@ -1,0 +1,371 @@
+"""The embedded simulator: a MuJoCo arm driven like a ros2_control position interface.
+
+`ArmSim` loads any MJCF (or URDF MuJoCo reads) whose arm joints carry
+position actuators, and exposes what a real arm offers: joint states, a
+camera, and absolute joint position commands held for `control_dt`. Scene,
+camera, joints and object all come from `SimConfig`, so a user's own model
+works without code changes. Perturbation hooks (blocked joint, frozen or
+occluded camera, teleported object, changed mass or gain) exist so that
+surprise detection can be tested against known events.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering; must precede the mujoco import
+
+import mujoco  # noqa: E402
+import numpy as np  # noqa: E402
+
+BUILTIN_SCENE = Path(__file__).resolve().parent / "assets" / "arm_push.xml"
+
+
+@dataclass
+class SimConfig:
+    scene: str = "builtin"  # "builtin" or a path to an MJCF/URDF file
+    camera: str = "overhead"
+    joint_names: list[str] = field(default_factory=list)  # empty: every actuated hinge/slide joint, actuator order
+    object_body: str = ""  # empty: the first body with a free joint (none: a scene without an object)
+    width: int = 64
+    height: int = 64
+    control_dt: float = 0.1  # seconds of simulated time per step()
+    seed: int = 0
+    ee_site: str = ""  # empty: site "ee" if the scene has one, else the last arm joint's body
+    object_jitter: float = 0.1  # reset() places the object uniformly within this many metres of its default xy
+
+
+@dataclass
+class Observation:
+    image: np.ndarray  # uint8 (H, W, 3) RGB
+    joint_pos: np.ndarray  # (n_joints,) rad or m
+    joint_vel: np.ndarray
+    object_xy: np.ndarray  # (2,) world frame; zeros when the scene has no object
+    time: float  # seconds of simulated time
+
+
+def _name(model, kind, i) -> str:
+    return mujoco.mj_id2name(model, kind, i) or ""
+
+
+def _names(model, kind, count) -> list[str]:
+    return [_name(model, kind, i) for i in range(count)]
+
+
+class ArmSim:
+    def __init__(self, cfg: SimConfig | None = None):
+        self.cfg = cfg = cfg or SimConfig()
+        path = BUILTIN_SCENE if cfg.scene in ("", "builtin") else Path(cfg.scene).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"scene file {path} does not exist (use 'builtin' or an MJCF/URDF path)")
+        try:
+            self.model = mujoco.MjModel.from_xml_path(str(path))
+        except ValueError as e:
+            raise ValueError(f"MuJoCo cannot load scene {path}: {e}") from None
+        self.data = mujoco.MjData(self.model)
+        self._scratch = mujoco.MjData(self.model)  # for render_state and IK, never stepped
+        self._resolve_names(path)
+        self._substeps = max(1, round(cfg.control_dt / self.model.opt.timestep))
+        self._defaults = (self.model.body_mass.copy(), self.model.body_inertia.copy(),
+                          self.model.actuator_gainprm.copy(), self.model.actuator_biasprm.copy())
+        self._renderer = mujoco.Renderer(self.model, cfg.height, cfg.width)
+        self._rng = np.random.default_rng(cfg.seed)
+        self._blocked: dict[int, float] = {}
+        self._frozen = self._occluded = False
+        self._last_image = None
+        self.reset(seed=cfg.seed)
+
+    # ------------------------------------------------------------------ scene lookup
+
+    def _resolve_names(self, path):
+        m, cfg = self.model, self.cfg
+        cameras = _names(m, mujoco.mjtObj.mjOBJ_CAMERA, m.ncam)
+        if cfg.camera not in cameras:
+            raise ValueError(f"camera {cfg.camera!r} not found in scene {path}; it has cameras {cameras}")
+        self._camera = cfg.camera
+        # Each arm joint is driven by the position actuator whose transmission targets it.
+        actuated = {}
+        for a in range(m.nu):
+            if m.actuator_trntype[a] == int(mujoco.mjtTrn.mjTRN_JOINT):
+                j = int(m.actuator_trnid[a, 0])
+                if m.jnt_type[j] in (int(mujoco.mjtJoint.mjJNT_HINGE), int(mujoco.mjtJoint.mjJNT_SLIDE)):
+                    actuated.setdefault(_name(m, mujoco.mjtObj.mjOBJ_JOINT, j), (j, a))
+        names = list(cfg.joint_names) or list(actuated)
+        joints = _names(m, mujoco.mjtObj.mjOBJ_JOINT, m.njnt)
+        for n in names:
+            if n not in joints:
+                raise ValueError(f"joint {n!r} not found in scene {path}; it has joints {joints}")
+            if n not in actuated:
+                raise ValueError(f"joint {n!r} in scene {path} has no actuator; add a <position> actuator for it")
+        if not names:
+            raise ValueError(f"scene {path} has no actuated hinge or slide joints")
+        self._joint_names = names
+        jids = [actuated[n][0] for n in names]
+        self._act = np.array([actuated[n][1] for n in names])
+        self._qpos = np.array([m.jnt_qposadr[j] for j in jids])
+        self._dof = np.array([m.jnt_dofadr[j] for j in jids])
+        self._limits = np.array([self._joint_range(j, a) for j, a in zip(jids, self._act)])
+
+        bodies = _names(m, mujoco.mjtObj.mjOBJ_BODY, m.nbody)
+        self._obj_qpos = None
+        if cfg.object_body:
+            if cfg.object_body not in bodies:
+                raise ValueError(f"object body {cfg.object_body!r} not found in scene {path}; it has bodies {bodies}")
+            self._obj_body = bodies.index(cfg.object_body)
+        else:
+            free = [j for j in range(m.njnt) if m.jnt_type[j] == int(mujoco.mjtJoint.mjJNT_FREE)]
+            self._obj_body = int(m.jnt_bodyid[free[0]]) if free else None
+        if self._obj_body is not None:
+            j = m.body_jntadr[self._obj_body]
+            if j < 0 or m.jnt_type[j] != int(mujoco.mjtJoint.mjJNT_FREE):
+                raise ValueError(f"object body {bodies[self._obj_body]!r} in scene {path} needs a free joint to move")
+            self._obj_qpos, self._obj_dof = int(m.jnt_qposadr[j]), int(m.jnt_dofadr[j])
+
+        sites = _names(m, mujoco.mjtObj.mjOBJ_SITE, m.nsite)
+        site = cfg.ee_site or ("ee" if "ee" in sites else "")
+        if site and site not in sites:
+            raise ValueError(f"end-effector site {site!r} not found in scene {path}; it has sites {sites}")
+        self._ee_site = sites.index(site) if site else None
+        self._ee_body = int(m.jnt_bodyid[jids[-1]])
+        moved = {int(m.jnt_bodyid[j]) for j in jids}
+        self._arm_bodies = {b for b in range(m.nbody) if self._ancestors(b) & moved}
+
+    def _ancestors(self, b) -> set[int]:
+        chain = {b}
+        while b > 0:
+            b = int(self.model.body_parentid[b])
+            chain.add(b)
+        return chain
+
+    def _joint_range(self, j, a):
+        m = self.model
+        if m.jnt_limited[j]:
+            return m.jnt_range[j].copy()
+        if m.actuator_ctrllimited[a]:
+            return m.actuator_ctrlrange[a].copy()
+        return np.array([-np.pi, np.pi])
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def joint_names(self) -> list[str]:
+        return list(self._joint_names)
+
+    @property
+    def joint_limits(self) -> np.ndarray:
+        """(n_joints, 2) lower, upper."""
+        return self._limits.copy()
+
+    @property
+    def n_joints(self) -> int:
+        return len(self._joint_names)
+
+    @property
+    def time(self) -> float:
+        return float(self.data.time)
+
+    @property
+    def has_object(self) -> bool:
+        return self._obj_qpos is not None
+
+    # ------------------------------------------------------------------ episode
+
+    def reset(self, seed: int | None = None, joint_pos=None, object_xy=None) -> Observation:
+        """A fresh episode: model defaults restored, perturbations cleared, random (or given) start.
+
+        Random starts come from `seed` (or continue the simulator's own seeded
+        stream); the arm is placed away from the object so that nothing is
+        knocked over at t = 0.
+        """
+        if seed is not None:
+            self._rng = np.random.default_rng(seed)
+        m = self.model
+        if not np.array_equal(m.body_mass, self._defaults[0]):
+            m.body_mass[:], m.body_inertia[:] = self._defaults[0], self._defaults[1]
+            mujoco.mj_setConst(m, self._scratch)
+        m.actuator_gainprm[:], m.actuator_biasprm[:] = self._defaults[2], self._defaults[3]
+        self._blocked.clear()
+        self._frozen = self._occluded = False
+        mujoco.mj_resetData(m, self.data)
+        xy = self._sample_object_xy() if object_xy is None else np.asarray(object_xy, float)
+        q = self._sample_joints(xy) if joint_pos is None else self._check_joints(joint_pos)
+        self._set_state(self.data, q, xy)
+        self.data.ctrl[self._act] = q
+        mujoco.mj_forward(m, self.data)
+        return self._observe()
+
+    def _check_joints(self, joint_pos) -> np.ndarray:
+        q = np.asarray(joint_pos, float)
+        if q.shape != (self.n_joints,):
+            raise ValueError(f"joint_pos has shape {q.shape}; expected ({self.n_joints},) for {self._joint_names}")
+        return np.clip(q, self._limits[:, 0], self._limits[:, 1])
+
+    def _sample_object_xy(self) -> np.ndarray:
+        if not self.has_object:
+            return np.zeros(2)
+        home = self.model.qpos0[self._obj_qpos:self._obj_qpos + 2]
+        return home + self._rng.uniform(-1, 1, 2) * self.cfg.object_jitter
+
+    def _sample_joints(self, object_xy) -> np.ndarray:
+        lo, hi = self._limits[:, 0], self._limits[:, 1]
+        mid, half = (lo + hi) / 2, 0.8 * (hi - lo) / 2
+        for _ in range(100):
+            q = mid + self._rng.uniform(-1, 1, self.n_joints) * half
+            if self.collision_free(q, object_xy) and (
+                    not self.has_object or np.linalg.norm(self.ee_at(q)[:2] - object_xy) > 0.1):
+                break
+        return q
+
+    def collision_free(self, joint_pos, object_xy=None) -> bool:
+        """Whether the arm at `joint_pos` touches nothing (table, object, walls); the simulation is untouched."""
+        d = self._scratch
+        d.qpos[:] = self.data.qpos
+        xy = self.object_xy() if object_xy is None else np.asarray(object_xy, float)
+        self._set_state(d, np.asarray(joint_pos, float), xy)
+        mujoco.mj_forward(self.model, d)
+        bodies = self.model.geom_bodyid
+        return not any(int(bodies[c.geom1]) in self._arm_bodies or int(bodies[c.geom2]) in self._arm_bodies
+                       for c in d.contact[:d.ncon])
+
+    def _set_state(self, data, q, object_xy):
+        data.qpos[self._qpos] = q
+        data.qvel[self._dof] = 0.0
+        if self.has_object:
+            data.qpos[self._obj_qpos:self._obj_qpos + 2] = object_xy
+            data.qvel[self._obj_dof:self._obj_dof + 6] = 0.0
+
+    def step(self, action) -> Observation:
+        """Command absolute joint targets (clipped to the limits) and advance control_dt."""
+        target = np.asarray(action, float).reshape(-1)
+        if target.shape != (self.n_joints,):
+            raise ValueError(f"action has {target.size} values; expected {self.n_joints} for {self._joint_names}")
+        if not np.all(np.isfinite(target)):
+            raise ValueError(f"action {target.tolist()} is not finite")
+        self.data.ctrl[self._act] = np.clip(target, self._limits[:, 0], self._limits[:, 1])
+        for _ in range(self._substeps):
+            mujoco.mj_step(self.model, self.data)
+            for i, hold in self._blocked.items():  # a brake: the joint stays where it was blocked
+                self.data.qpos[self._qpos[i]] = hold
+                self.data.qvel[self._dof[i]] = 0.0
+        return self._observe()
+
+    def _observe(self) -> Observation:
+        pos, vel = self.joint_state()
+        return Observation(self.render(), pos, vel, self.object_xy(), self.time)
+
+    # ------------------------------------------------------------------ state
+
+    def joint_state(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.data.qpos[self._qpos].copy(), self.data.qvel[self._dof].copy()
+
+    def object_xy(self) -> np.ndarray:
+        return self.object_pos()[:2]
+
+    def object_pos(self) -> np.ndarray:
+        """The object's position (world frame, x y z); zeros when the scene has no object."""
+        if not self.has_object:
+            return np.zeros(3)
+        return self.data.qpos[self._obj_qpos:self._obj_qpos + 3].copy()
+
+    def ee_pos(self) -> np.ndarray:
+        """End-effector position (world frame) now."""
+        return self._ee_of(self.data)
+
+    def _ee_of(self, data) -> np.ndarray:
+        if self._ee_site is not None:
+            return data.site_xpos[self._ee_site].copy()
+        return data.xpos[self._ee_body].copy()
+
+    def ee_at(self, joint_pos) -> np.ndarray:
+        """End-effector position at a joint configuration (forward kinematics; the simulation is untouched)."""
+        self._scratch.qpos[:] = self.data.qpos
+        self._scratch.qpos[self._qpos] = joint_pos
+        mujoco.mj_kinematics(self.model, self._scratch)
+        mujoco.mj_comPos(self.model, self._scratch)
+        return self._ee_of(self._scratch)
+
+    def ee_jacobian(self, joint_pos) -> tuple[np.ndarray, np.ndarray]:
+        """(ee position, 3 x n_joints positional Jacobian) at a configuration, for IK."""
+        p = self.ee_at(joint_pos)
+        jacp = np.zeros((3, self.model.nv))
+        if self._ee_site is not None:
+            mujoco.mj_jacSite(self.model, self._scratch, jacp, None, self._ee_site)
+        else:
+            mujoco.mj_jacBody(self.model, self._scratch, jacp, None, self._ee_body)
+        return p, jacp[:, self._dof]
+
+    # ------------------------------------------------------------------ camera
+
+    def render(self) -> np.ndarray:
+        """The camera image, uint8 (H, W, 3) RGB, with the camera perturbations applied."""
+        if self._frozen and self._last_image is not None:
+            return self._last_image.copy()
+        self._renderer.update_scene(self.data, camera=self._camera)
+        img = self._renderer.render().copy()
+        if self._occluded:
+            h, w = img.shape[:2]
+            img[h // 4:3 * h // 4, w // 4:3 * w // 4] = 40
+        self._last_image = img
+        return img.copy()
+
+    def render_state(self, joint_pos, object_xy=None) -> np.ndarray:
+        """The clean camera image at a configuration (goal images); the simulation state is untouched."""
+        d = self._scratch
+        d.qpos[:], d.qvel[:] = self.data.qpos, 0.0
+        xy = self.object_xy() if object_xy is None else np.asarray(object_xy, float)
+        self._set_state(d, self._check_joints(joint_pos), xy)
+        mujoco.mj_forward(self.model, d)
+        self._renderer.update_scene(d, camera=self._camera)
+        return self._renderer.render().copy()
+
+    # ------------------------------------------------------------------ perturbations (cleared by reset)
+
+    def teleport_object(self, xy):
+        """The object jumps to `xy` (at rest), as if someone moved it by hand."""
+        if not self.has_object:
+            raise ValueError("this scene has no object body to teleport")
+        self.data.qpos[self._obj_qpos:self._obj_qpos + 2] = np.asarray(xy, float)
+        self.data.qvel[self._obj_dof:self._obj_dof + 6] = 0.0
+        mujoco.mj_forward(self.model, self.data)
+
+    def block_joint(self, i: int, blocked: bool = True):
+        """Joint i stops where it is, whatever the command (a jammed joint or an engaged brake)."""
+        if not 0 <= i < self.n_joints:
+            raise IndexError(f"joint index {i} out of range 0..{self.n_joints - 1}")
+        if blocked:
+            self._blocked[i] = float(self.data.qpos[self._qpos[i]])
+        else:
+            self._blocked.pop(i, None)
+
+    def freeze_camera(self, frozen: bool = True):
+        """render() keeps returning the last frame (a stuck camera driver)."""
+        self._frozen = bool(frozen)
+
+    def occlude_camera(self, occluded: bool = True):
+        """A dark patch covers the centre of the image (something in front of the lens)."""
+        self._occluded = bool(occluded)
+
+    def set_link_mass(self, body: str, mass: float):
+        """Change a body's mass; its inertia scales with it (a heavier payload or link)."""
+        bid = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_BODY, body)
+        if bid < 0:
+            bodies = _names(self.model, mujoco.mjtObj.mjOBJ_BODY, self.model.nbody)
+            raise ValueError(f"body {body!r} not found; the scene has bodies {bodies}")
+        if not mass > 0:
+            raise ValueError(f"mass must be positive, got {mass}")
+        scale = mass / self.model.body_mass[bid]
+        self.model.body_mass[bid] = mass
+        self.model.body_inertia[bid] *= scale
+        mujoco.mj_setConst(self.model, self._scratch)  # derived masses and solver weights
+
+    def set_joint_gain(self, i: int, scale: float):
+        """Scale joint i's servo stiffness kp relative to the scene's (a weak or strong drive)."""
+        if not 0 <= i < self.n_joints:
+            raise IndexError(f"joint index {i} out of range 0..{self.n_joints - 1}")
+        a = self._act[i]
+        gain, bias = self._defaults[2], self._defaults[3]
+        # Both terms, so the actuator stays a position servo: force = kp * (target - q).
+        self.model.actuator_gainprm[a, 0] = gain[a, 0] * scale
+        self.model.actuator_biasprm[a, 1] = bias[a, 1] * scale
