@@ -47,10 +47,13 @@ def _joints_at(stamps, joint_stamps, joint_pos) -> np.ndarray:
 def _commands_for(stamps, command_stamps, commands, joints) -> np.ndarray:
     """For frame t, the latest command issued in [stamp_t, stamp_t+1); else the previous frame's action.
 
-    Before any command the arm holds: the action is the measured position.
+    The last frame's window is one frame period long, so that a command from after the episode (the next
+    episode's, across a camera gap) is not taken as its action. Before any command the arm holds: the action is
+    the measured position.
     """
     actions = np.empty_like(joints)
-    bounds = np.append(stamps[1:], np.iinfo(np.int64).max)
+    end = stamps[-1] + (stamps[-1] - stamps[-2]) if len(stamps) > 1 else np.iinfo(np.int64).max
+    bounds = np.append(stamps[1:], end)
     # Index of the last command stamped before each window's end.
     last = np.searchsorted(command_stamps, bounds, side="left") - 1
     for t in range(len(stamps)):

@@ -1,0 +1,401 @@
+"""rosbag2 (MCAP) episodes: what EpisodeWriter records, what read_bag decodes, and the errors for bad bags.
+
+Bags are real: written by the rosbags library's rosbag2 Writer (through EpisodeWriter, or directly to build
+bags as other robots record them) and read back by rosbags' AnyReader.
+"""
+
+import re
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+from rosbags.highlevel import AnyReader
+from rosbags.rosbag2 import StoragePlugin, Writer
+from rosbags.typesys import Stores, get_typestore
+
+from jepa_wm.data.bags import BagError, DataConfig, EpisodeWriter, read_bag
+
+TS = get_typestore(Stores.ROS2_HUMBLE)  # an independent typestore, not the module's
+T = TS.types
+JOINTS = ["shoulder", "elbow"]
+MS = 1_000_000
+BASE_NS = 1_700_000_000 * 1_000_000_000  # a wall-clock-like stamp, as on a real robot
+
+
+def _frame(i, size=32):
+    img = np.zeros((size, size, 3), np.uint8)
+    img[..., 0] = 10 * i
+    img[i % size, :, 1] = 255  # a moving line, so frames differ in structure too
+    return img
+
+
+def _write_episode(path, n=5, size=32, dt_ns=100 * MS, start_ns=0, **kw):
+    with EpisodeWriter(path, JOINTS, control_dt=0.1, **kw) as w:
+        for i in range(n):
+            ns = start_ns + i * dt_ns
+            w.write_frame(ns, _frame(i, size), [0.1 * i, -0.2 * i], [1.0, -2.0])
+            w.write_command(ns, [0.1 * (i + 1), -0.2 * (i + 1)])
+    return path
+
+
+def _cfg(**kw):
+    kw.setdefault("image_size", 32)
+    kw.setdefault("cache_dir", "off")
+    return DataConfig(**kw)
+
+
+# ---------------------------------------------------------------------- bags as other robots record them
+
+
+def _header(ns, frame_id=""):
+    return T["std_msgs/msg/Header"](stamp=T["builtin_interfaces/msg/Time"](sec=ns // 10**9, nanosec=ns % 10**9),
+                                    frame_id=frame_id)
+
+
+def image_msg(ns, rgb=None, encoding="rgb8", data=None, height=None, width=None, step=None):
+    rgb = _frame(0, 16) if rgb is None else rgb
+    h, w = rgb.shape[:2]
+    data = rgb.reshape(-1) if data is None else np.frombuffer(bytes(data), np.uint8)
+    return T["sensor_msgs/msg/Image"](header=_header(ns, "cam"), height=height or h, width=width or w,
+                                      encoding=encoding, is_bigendian=0, step=step or 3 * w, data=data)
+
+
+def compressed_msg(ns, rgb):
+    ok, png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    assert ok
+    return T["sensor_msgs/msg/CompressedImage"](header=_header(ns, "cam"), format="rgb8; png compressed bgr8",
+                                                data=png.reshape(-1))
+
+
+def joint_state_msg(ns, names, pos):
+    return T["sensor_msgs/msg/JointState"](header=_header(ns), name=list(names),
+                                           position=np.asarray(pos, np.float64), velocity=np.zeros(0),
+                                           effort=np.zeros(0))
+
+
+def trajectory_msg(ns, names, pos):
+    point = T["trajectory_msgs/msg/JointTrajectoryPoint"](
+        positions=np.asarray(pos, np.float64), velocities=np.zeros(0), accelerations=np.zeros(0),
+        effort=np.zeros(0), time_from_start=T["builtin_interfaces/msg/Duration"](sec=0, nanosec=100 * MS))
+    return T["trajectory_msgs/msg/JointTrajectory"](header=_header(ns), joint_names=list(names), points=[point])
+
+
+def float_array_msg(values):
+    layout = T["std_msgs/msg/MultiArrayLayout"](dim=[], data_offset=0)
+    return T["std_msgs/msg/Float64MultiArray"](layout=layout, data=np.asarray(values, np.float64))
+
+
+def write_bag(path, messages):
+    """messages: [(topic, bag_time_ns, msg)]; one connection per topic, typed by the first message."""
+    with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as w:
+        conns = {}
+        for topic, ns, msg in messages:
+            if topic not in conns:
+                conns[topic] = w.add_connection(topic, msg.__msgtype__, typestore=TS)
+            w.write(conns[topic], ns, TS.serialize_cdr(msg, msg.__msgtype__))
+    return path
+
+
+def robot_bag(path, n=4, image=None, joints=True, commands=True, dt_ns=100 * MS):
+    msgs = []
+    for i in range(n):
+        ns = BASE_NS + i * dt_ns
+        msgs.append(image(ns, i) if image else ("/camera/image_raw", ns, image_msg(ns, _frame(i, 16))))
+        if joints:
+            msgs.append(("/joint_states", ns, joint_state_msg(ns, JOINTS, [i, -i])))
+        if commands:
+            msgs.append(("/arm_controller/joint_trajectory", ns, trajectory_msg(ns, JOINTS, [i + 1, -i - 1])))
+    return write_bag(path, msgs)
+
+
+# ---------------------------------------------------------------------- EpisodeWriter
+
+
+def test_episode_writer_records_what_a_ros2_recorder_would(tmp_path):
+    bag = _write_episode(tmp_path / "ep", n=5)
+    files = sorted(p.name for p in bag.iterdir())
+    assert "metadata.yaml" in files and any(f.endswith(".mcap") for f in files)
+    meta = yaml.safe_load((bag / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
+    assert meta["storage_identifier"] == "mcap"
+    assert meta["message_count"] == 20
+    types = {t["topic_metadata"]["name"]: t["topic_metadata"]["type"] for t in meta["topics_with_message_count"]}
+    assert types == {
+        "/camera/image_raw": "sensor_msgs/msg/Image",
+        "/camera/camera_info": "sensor_msgs/msg/CameraInfo",
+        "/joint_states": "sensor_msgs/msg/JointState",
+        "/arm_controller/joint_trajectory": "trajectory_msgs/msg/JointTrajectory",
+    }
+    for f in meta["files"]:
+        assert (bag / f["path"]).is_file()
+
+    # Another reader, with its own typestore, sees the same topics and decodes every message.
+    with AnyReader([bag], default_typestore=TS) as reader:
+        assert {c.topic: c.msgtype for c in reader.connections} == types
+        got = {}
+        for conn, ns, raw in reader.messages():
+            got.setdefault(conn.topic, []).append((ns, reader.deserialize(raw, conn.msgtype)))
+    assert {k: len(v) for k, v in got.items()} == {k: 5 for k in types}
+
+    ns, img = got["/camera/image_raw"][3]
+    assert ns == 300 * MS
+    assert (img.encoding, img.height, img.width, img.step, img.is_bigendian) == ("rgb8", 32, 32, 96, 0)
+    assert img.header.frame_id == "camera"
+    assert img.header.stamp.sec * 10**9 + img.header.stamp.nanosec == 300 * MS
+    np.testing.assert_array_equal(np.asarray(img.data).reshape(32, 32, 3), _frame(3))
+
+    _, info = got["/camera/camera_info"][3]
+    assert (info.width, info.height, info.distortion_model) == (32, 32, "plumb_bob")
+    assert info.k[2] == 16 and info.k[5] == 16 and info.k[0] == info.k[4] > 0
+    assert info.header.stamp == img.header.stamp
+
+    _, js = got["/joint_states"][3]
+    assert list(js.name) == JOINTS
+    np.testing.assert_allclose(js.position, [0.3, -0.6])
+    np.testing.assert_allclose(js.velocity, [1.0, -2.0])
+
+    _, traj = got["/arm_controller/joint_trajectory"][3]
+    assert list(traj.joint_names) == JOINTS and len(traj.points) == 1
+    np.testing.assert_allclose(traj.points[0].positions, [0.4, -0.8])
+    assert (traj.points[0].time_from_start.sec, traj.points[0].time_from_start.nanosec) == (0, 100 * MS)
+
+
+def test_episode_writer_custom_topics_and_no_overwrite(tmp_path):
+    bag = tmp_path / "ep"
+    with EpisodeWriter(bag, JOINTS, image_topic="/wrist/color/image", joint_state_topic="/arm/joint_states",
+                       action_topic="/arm/cmd") as w:
+        for i in range(3):
+            w.write_frame(i * 100 * MS, _frame(i), [i, i], [0, 0])
+            w.write_command(i * 100 * MS, [i, i])
+        assert w.frames == 3
+    with AnyReader([bag], default_typestore=TS) as reader:
+        assert {c.topic for c in reader.connections} == {"/wrist/color/image", "/wrist/color/camera_info",
+                                                         "/arm/joint_states", "/arm/cmd"}
+    streams = read_bag(bag, _cfg(image_topic="/wrist/color/image", joint_state_topic="/arm/joint_states",
+                                 action_topic="/arm/cmd"))
+    assert len(streams.images) == 3
+    before = sorted((p.name, p.stat().st_size) for p in bag.iterdir())
+    with pytest.raises(Exception, match="exists"):
+        EpisodeWriter(bag, JOINTS)
+    assert sorted((p.name, p.stat().st_size) for p in bag.iterdir()) == before
+
+
+# ---------------------------------------------------------------------- read_bag
+
+
+def test_read_bag_round_trip(tmp_path):
+    bag = _write_episode(tmp_path / "ep", n=5)
+    s = read_bag(bag, _cfg())
+    assert s.joint_names == JOINTS
+    np.testing.assert_array_equal(s.image_stamps, np.arange(5) * 100 * MS)
+    assert s.images.shape == (5, 32, 32, 3) and s.images.dtype == np.uint8
+    for i in range(5):
+        np.testing.assert_array_equal(s.images[i], _frame(i))
+    np.testing.assert_array_equal(s.joint_stamps, s.image_stamps)
+    np.testing.assert_allclose(s.joint_pos, np.stack([0.1 * np.arange(5), -0.2 * np.arange(5)], 1))
+    np.testing.assert_array_equal(s.command_stamps, s.image_stamps)
+    np.testing.assert_allclose(s.commands, np.stack([0.1 * np.arange(1, 6), -0.2 * np.arange(1, 6)], 1))
+
+
+def test_read_bag_resizes_and_reorders_joints(tmp_path):
+    bag = _write_episode(tmp_path / "ep", n=3, size=64)
+    s = read_bag(bag, _cfg(image_size=16, joint_names=["elbow", "shoulder"]))
+    assert s.images.shape == (3, 16, 16, 3)
+    assert s.images[2, ..., 0].mean() == pytest.approx(20, abs=1)  # the red level survives resizing
+    assert s.joint_names == ["elbow", "shoulder"]
+    np.testing.assert_allclose(s.joint_pos[2], [-0.4, 0.2])
+    np.testing.assert_allclose(s.commands[2], [-0.6, 0.3])
+
+
+def test_read_bag_without_the_configured_joints_names_them(tmp_path):
+    bag = _write_episode(tmp_path / "ep", n=3)
+    with pytest.raises(BagError, match=r"no joint states for joints \['wrist'\] on topic /joint_states"):
+        read_bag(bag, _cfg(joint_names=["wrist"]))
+
+
+def test_read_bag_of_a_recorded_robot(tmp_path):
+    """Another driver's bag: real-time stamps, messages out of order, another joint group on /joint_states."""
+    msgs = []
+    for i in [2, 0, 3, 1]:
+        ns = BASE_NS + i * 100 * MS
+        msgs.append(("/camera/image_raw", ns + 5 * MS, image_msg(ns, _frame(i, 16))))  # received 5 ms late
+        msgs.append(("/joint_states", ns, joint_state_msg(ns, ["gripper"], [9.0])))  # another group
+        msgs.append(("/joint_states", ns, joint_state_msg(ns, ["elbow", "shoulder", "gripper"], [-i, i, 9.0])))
+        msgs.append(("/arm_controller/joint_trajectory", ns, trajectory_msg(ns, JOINTS, [i + 1, -i - 1])))
+    bag = write_bag(tmp_path / "robot", msgs)
+
+    s = read_bag(bag, _cfg(image_size=16, joint_names=JOINTS))
+    np.testing.assert_array_equal(s.image_stamps, BASE_NS + np.arange(4) * 100 * MS)  # header stamps, sorted
+    for i in range(4):
+        np.testing.assert_array_equal(s.images[i], _frame(i, 16))
+    np.testing.assert_allclose(s.joint_pos, np.stack([np.arange(4), -np.arange(4)], 1))  # gripper-only skipped
+    np.testing.assert_allclose(s.commands[:, 0], np.arange(1, 5))
+
+    # stamps="receive": bag (receive) time instead of the header stamp.
+    r = read_bag(bag, _cfg(image_size=16, joint_names=JOINTS, stamps="receive"))
+    np.testing.assert_array_equal(r.image_stamps, BASE_NS + np.arange(4) * 100 * MS + 5 * MS)
+
+
+def test_zero_header_stamp_falls_back_to_bag_time(tmp_path):
+    msgs = []
+    for i in range(3):
+        ns = BASE_NS + i * 100 * MS
+        msgs.append(("/camera/image_raw", ns, image_msg(0, _frame(i, 16))))
+        msgs.append(("/joint_states", ns, joint_state_msg(ns, JOINTS, [i, i])))
+    bag = write_bag(tmp_path / "b", msgs)
+    s = read_bag(bag, _cfg(image_size=16, action_type="delta"))
+    np.testing.assert_array_equal(s.image_stamps, BASE_NS + np.arange(3) * 100 * MS)
+
+
+def test_compressed_images_on_the_compressed_topic(tmp_path):
+    bag = robot_bag(tmp_path / "b", image=lambda ns, i: ("/camera/image_raw/compressed", ns,
+                                                         compressed_msg(ns, _frame(i, 16))))
+    s = read_bag(bag, _cfg(image_size=16))
+    assert s.images.shape == (4, 16, 16, 3)
+    for i in range(4):
+        np.testing.assert_array_equal(s.images[i], _frame(i, 16))
+
+
+def test_other_image_encodings_in_a_bag(tmp_path):
+    def bgr(ns, i):
+        return "/camera/image_raw", ns, image_msg(ns, np.ascontiguousarray(_frame(i, 16)[..., ::-1]), "bgr8")
+
+    s = read_bag(robot_bag(tmp_path / "bgr", image=bgr), _cfg(image_size=16))
+    np.testing.assert_array_equal(s.images[3], _frame(3, 16))
+
+    def mono(ns, i):
+        gray = np.full((16, 16), 50 * i, np.uint8)
+        return "/camera/image_raw", ns, T["sensor_msgs/msg/Image"](
+            header=_header(ns), height=16, width=16, encoding="mono8", is_bigendian=0, step=20,
+            data=np.pad(gray, ((0, 0), (0, 4))).reshape(-1))  # padded rows
+
+    s = read_bag(robot_bag(tmp_path / "mono", image=mono), _cfg(image_size=16))
+    np.testing.assert_array_equal(s.images[2], 100)
+
+
+def test_float64_multiarray_commands(tmp_path):
+    msgs = []
+    for i in range(3):
+        ns = BASE_NS + i * 100 * MS
+        msgs.append(("/camera/image_raw", ns, image_msg(ns)))
+        msgs.append(("/joint_states", ns, joint_state_msg(ns, JOINTS, [i, i])))
+        msgs.append(("/arm_controller/commands", ns, float_array_msg([i + 0.5, -i])))
+    bag = write_bag(tmp_path / "b", msgs)
+    s = read_bag(bag, _cfg(image_size=16, action_topic="/arm_controller/commands"))
+    np.testing.assert_allclose(s.commands, [[0.5, 0], [1.5, -1], [2.5, -2]])
+
+    bad = write_bag(tmp_path / "bad", msgs[:2] + [("/arm_controller/commands", BASE_NS, float_array_msg([1.0]))])
+    with pytest.raises(BagError, match=r"commands on topic /arm_controller/commands do not have one value per joint"):
+        read_bag(bad, _cfg(image_size=16, action_topic="/arm_controller/commands"))
+
+
+def test_delta_actions_need_no_action_topic(tmp_path):
+    bag = robot_bag(tmp_path / "b", commands=False)
+    s = read_bag(bag, _cfg(image_size=16, action_type="delta"))
+    assert len(s.images) == 4 and s.commands.shape == (0, 2)
+    with pytest.raises(BagError, match="no action topic /arm_controller/joint_trajectory"):
+        read_bag(bag, _cfg(image_size=16))
+
+
+# ---------------------------------------------------------------------- bad bags
+
+
+def test_truncated_mcap_names_the_bag(tmp_path):
+    bag = _write_episode(tmp_path / "cut_episode", n=6)
+    mcap = next(bag.glob("*.mcap"))
+    data = mcap.read_bytes()
+    mcap.write_bytes(data[:len(data) // 2])
+    with pytest.raises(BagError, match=re.escape(f"bag {bag}")) as e:
+        read_bag(bag, _cfg())
+    assert "Traceback" not in str(e.value)
+
+
+def test_no_metadata_is_a_bag_error(tmp_path):
+    bag = _write_episode(tmp_path / "ep", n=3)
+    (bag / "metadata.yaml").unlink()
+    with pytest.raises(BagError, match=re.escape(f"bag {bag}: no metadata.yaml")):
+        read_bag(bag, _cfg())
+    with pytest.raises(BagError, match="no metadata.yaml"):
+        read_bag(tmp_path / "not_there", _cfg())
+
+
+@pytest.mark.parametrize("cfg, topic, what", [
+    (dict(image_topic="/wrist/image_raw"), "/wrist/image_raw", "image"),
+    (dict(joint_state_topic="/arm/joint_states"), "/arm/joint_states", "joint state"),
+    (dict(action_topic="/arm/commands"), "/arm/commands", "action"),
+])
+def test_missing_topic_names_the_bag_and_the_topic(tmp_path, cfg, topic, what):
+    bag = _write_episode(tmp_path / "ep", n=3)
+    with pytest.raises(BagError) as e:
+        read_bag(bag, _cfg(**cfg))
+    msg = str(e.value)
+    assert msg.startswith(f"bag {bag}:")
+    assert f"no {what} topic {topic}" in msg
+    assert "/joint_states" in msg and "/camera/image_raw" in msg  # what the bag has instead
+
+
+def test_wrong_message_type_names_topic_and_types(tmp_path):
+    ns = BASE_NS
+    # A camera topic carrying joint states, and joint states published as a string.
+    bag = write_bag(tmp_path / "b", [("/camera/image_raw", ns, joint_state_msg(ns, JOINTS, [0, 0])),
+                                      ("/joint_states", ns, T["std_msgs/msg/String"](data="hello"))])
+    with pytest.raises(BagError, match=re.escape(f"bag {bag}: topic /camera/image_raw has type "
+                                                 "sensor_msgs/msg/JointState, expected sensor_msgs/msg/Image")):
+        read_bag(bag, _cfg(image_size=16))
+    bag2 = write_bag(tmp_path / "b2", [("/camera/image_raw", ns, image_msg(ns)),
+                                       ("/joint_states", ns, T["std_msgs/msg/String"](data="hello"))])
+    with pytest.raises(BagError, match=re.escape(f"bag {bag2}: topic /joint_states has type std_msgs/msg/String, "
+                                                 "expected sensor_msgs/msg/JointState")):
+        read_bag(bag2, _cfg(image_size=16, action_type="delta"))
+    bag3 = robot_bag(tmp_path / "b3", commands=False)
+    with pytest.raises(BagError, match="topic /joint_states has type sensor_msgs/msg/JointState, expected "
+                                       "trajectory_msgs/msg/JointTrajectory or std_msgs/msg/Float64MultiArray"):
+        read_bag(bag3, _cfg(image_size=16, action_topic="/joint_states"))
+
+
+def test_malformed_frame_in_a_bag_names_bag_and_topic(tmp_path):
+    def short(ns, i):  # the last frame lost half its data
+        rgb = _frame(i, 16)
+        data = rgb.tobytes() if i < 3 else rgb.tobytes()[:300]
+        return "/camera/image_raw", ns, image_msg(ns, rgb, data=data)
+
+    bag = robot_bag(tmp_path / "short", image=short)
+    with pytest.raises(BagError, match=re.escape(f"bag {bag}: topic /camera/image_raw: rgb8 image data too short")):
+        read_bag(bag, _cfg(image_size=16))
+
+    bag = robot_bag(tmp_path / "enc", image=lambda ns, i: ("/camera/image_raw", ns, image_msg(ns, encoding="nv21")))
+    with pytest.raises(BagError, match=re.escape(f"bag {bag}: topic /camera/image_raw: unsupported image encoding")):
+        read_bag(bag, _cfg(image_size=16))
+
+
+def test_empty_topics_are_bag_errors(tmp_path):
+    ns = BASE_NS
+    only_states = write_bag(tmp_path / "a", [("/camera/image_raw/compressed", ns, compressed_msg(ns, _frame(0, 16))),
+                                              ("/joint_states", ns, joint_state_msg(ns, JOINTS, [0, 0]))])
+    ok = read_bag(only_states, _cfg(image_size=16, action_type="delta"))
+    assert len(ok.images) == 1
+    # A bag whose image connection exists but holds no frame.
+    with Writer(tmp_path / "empty", version=9, storage_plugin=StoragePlugin.MCAP) as w:
+        w.add_connection("/camera/image_raw", "sensor_msgs/msg/Image", typestore=TS)
+        js = w.add_connection("/joint_states", "sensor_msgs/msg/JointState", typestore=TS)
+        w.write(js, ns, TS.serialize_cdr(joint_state_msg(ns, JOINTS, [0, 0]), "sensor_msgs/msg/JointState"))
+    with pytest.raises(BagError, match="no frames on image topic /camera/image_raw"):
+        read_bag(tmp_path / "empty", _cfg(image_size=16, action_type="delta"))
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(action_type="velocity"), "action_type"),
+    (dict(stamps="sensor"), "stamps"),
+    (dict(frameskip=0), "frameskip"),
+    (dict(image_size=4), "image_size"),
+])
+def test_data_config_rejects_bad_settings(kw, message):
+    with pytest.raises(ValueError, match=message):
+        DataConfig(**kw)
+
+
+def test_data_config_defaults_match_the_writer():
+    cfg = DataConfig()
+    assert (cfg.image_topic, cfg.joint_state_topic, cfg.action_topic) == (
+        "/camera/image_raw", "/joint_states", "/arm_controller/joint_trajectory")
+    assert (cfg.action_type, cfg.frameskip, cfg.stamps) == ("command", 1, "header")
