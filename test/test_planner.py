@@ -65,6 +65,21 @@ def test_bounds_are_respected_and_saturate_toward_an_unreachable_goal():
     assert a[0] > 0.98 and a[2] < -0.98 and abs(a[1] - 0.3) < 0.05
 
 
+def test_rate_limit_keeps_every_command_within_max_step_of_the_previous():
+    # An integrator z' = z + a - current is what a position-controlled joint looks like: the latent is
+    # the command. The goal is 2.0 away; with max_step 0.3 three steps can cover 0.9 of it, no more.
+    system = LinearLatentSystem()
+    system.M.data, system.K.data = torch.zeros(3, 3), torch.eye(3)
+    planner = CEMPlanner(system, PlannerConfig(samples=200, iterations=20, elites=20, horizon=3), seed=0,
+                         action_low=[-5] * 3, action_high=[5] * 3, max_step=[0.3] * 3)
+    current = torch.tensor([0.5, 0.0, -0.5])
+    result = planner.plan(current[None], torch.zeros(0, 3), torch.tensor([2.5, 0.0, -0.5]), current)
+    steps = torch.diff(torch.cat([current[None], result.actions]), dim=0)
+    assert steps.abs().max() <= 0.3 + 1e-6
+    # It spends the whole budget on the joint that must move and leaves the others still.
+    assert torch.allclose(result.actions[-1], torch.tensor([1.4, 0.0, -0.5]), atol=0.05)
+
+
 def iterations_to(costs, tol):
     return next((i + 1 for i, c in enumerate(costs) if c < tol), len(costs) + 1)
 

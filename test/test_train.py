@@ -28,8 +28,10 @@ def test_train_writes_a_deployable_checkpoint_metrics_and_plot(trained):
     assert meta["surprise"]["threshold"] > 0 and meta["surprise"]["scale"] > 0
     assert not torch.allclose(model.action_std, torch.ones(3))  # fitted to the data
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    losses = [r["pred"] for r in rows if "pred" in r]
-    assert np.mean(losses[-2:]) < np.mean(losses[:2])  # it learns
+    # It learns: the objective falls. (Prediction error alone rises at first: SIGReg spreads the
+    # nearly collapsed latents of a fresh encoder, which makes them harder to predict.)
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert np.mean(losses[-2:]) < 0.8 * np.mean(losses[:2])
     assert any("val_probe_r2" in r for r in rows)
     assert (out / "losses.png").stat().st_size > 10_000
 

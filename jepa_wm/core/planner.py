@@ -6,6 +6,12 @@ refits the Gaussian to the `elites` with the lowest goal cost. The best
 sequence so far and the current mean are always candidates, so the best cost
 never rises between iterations. After a solve, `plan` remembers the solution; the next call
 starts from it shifted by one step, with fewer iterations (`warm_iterations`).
+
+Every candidate is projected onto what the arm can do and the model has seen:
+inside the action bounds, and (with `max_step`) each command within max_step
+of the one before it, starting from the command in force now. Without the rate
+limit CEM happily proposes jumps across the workspace that no training clip
+contains, and the predictor's answer to those is a guess.
 """
 
 from __future__ import annotations
@@ -33,9 +39,20 @@ def goal_cost(latents: torch.Tensor, goal: torch.Tensor, kind: str) -> torch.Ten
     return diff.pow(2).sum(-1) if kind == "l2" else diff.abs().mean(-1)
 
 
+def normalised_bounds(model, low, high, max_step=None):
+    """Action bounds and rate limit in the robot's units (rad) -> the model's normalised units."""
+    def norm(x):
+        return model.normalize_actions(torch.as_tensor(x, dtype=torch.float32))
+
+    step = None if max_step is None else torch.as_tensor(max_step, dtype=torch.float32) / model.action_std
+    return norm(low), norm(high), step
+
+
 class CEMPlanner:
-    def __init__(self, model, cfg: PlannerConfig | None = None, action_low=None, action_high=None, seed: int = 0):
-        """action_low/high: bounds per env-step action dimension, in model (normalised) units."""
+    def __init__(self, model, cfg: PlannerConfig | None = None, action_low=None, action_high=None, seed: int = 0,
+                 max_step=None):
+        """action_low/high: bounds per env-step action dimension, max_step: largest change of each dimension
+        from one env step to the next; all in model (normalised) units. None: unbounded."""
         self.cfg = cfg or PlannerConfig()
         mcfg = model.cfg
         self.A, self.D, self.device = mcfg.action_block, mcfg.latent_dim, next(model.parameters()).device
@@ -47,6 +64,8 @@ class CEMPlanner:
         high = torch.as_tensor(action_high, dtype=torch.float32) if action_high is not None else inf
         self.low = low.repeat(mcfg.frameskip).to(self.device)
         self.high = high.repeat(mcfg.frameskip).to(self.device)
+        self.action_dim = mcfg.action_dim
+        self.max_step = None if max_step is None else torch.as_tensor(max_step, dtype=torch.float32).to(self.device)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.previous: torch.Tensor | None = None
 
@@ -57,22 +76,44 @@ class CEMPlanner:
     def _clamp(self, actions):
         return torch.maximum(torch.minimum(actions, self.high), self.low)
 
+    def _feasible(self, actions, current):
+        """Project (..., N, A) sequences onto the bounds and the per-step rate limit from `current`."""
+        actions = self._clamp(actions)
+        if self.max_step is None or current is None:
+            return actions
+        steps = actions.reshape(*actions.shape[:-2], -1, self.action_dim)  # env steps, frameskip unrolled
+        prev, out = current, []
+        for t in range(steps.shape[-2]):
+            prev = torch.minimum(torch.maximum(steps[..., t, :], prev - self.max_step), prev + self.max_step)
+            out.append(prev)
+        return self._clamp(torch.stack(out, -2).reshape(actions.shape))
+
     @torch.no_grad()
-    def plan(self, history, history_actions, goal) -> PlanResult:
-        """history (H, D) observed latents, history_actions (H-1, A) normalised, goal (D,) latent."""
+    def plan(self, history, history_actions, goal, current=None) -> PlanResult:
+        """history (H, D) observed latents, history_actions (H-1, A) normalised, goal (D,) latent.
+
+        current (action_dim,) normalised: the command in force now (the measured position before the
+        first command). It anchors the rate limit and the cold start, which begins by holding still.
+        Default: the last env step of history_actions, if any.
+        """
         cfg, N, A = self.cfg, self.cfg.horizon, self.A
+        if current is None and len(history_actions):
+            current = history_actions[-1, -self.action_dim:]
+        if current is not None:
+            current = torch.as_tensor(current, dtype=torch.float32).to(self.device)
         history = history.to(self.device, self.dtype)[None]
         history_actions = history_actions.to(self.device, self.dtype).reshape(1, -1, A)
         goal = goal.to(self.device)
 
         std = torch.full((N, A), cfg.init_std, device=self.device)
         if self.previous is None:
-            mean, iterations = torch.zeros(N, A, device=self.device), cfg.iterations
+            hold = current.repeat(N, A // self.action_dim) if current is not None else torch.zeros(N, A, device=self.device)
+            mean, iterations = hold, cfg.iterations
         else:  # receding horizon: drop the executed step, repeat the last one
             mean = torch.cat([self.previous[1:], self.previous[-1:]])
             std = std * cfg.warm_std
             iterations = cfg.warm_iterations
-        best = mean = self._clamp(mean)
+        best = mean = self._feasible(mean, current)
 
         # The observed prefix is the same for every candidate and iteration: once per plan.
         observe = getattr(self.model, "observe", None)
@@ -80,7 +121,7 @@ class CEMPlanner:
         costs = []
         for _ in range(iterations):
             noise = torch.randn(max(cfg.samples - 2, 0), N, A, device=self.device, generator=self.generator)
-            candidates = torch.cat([best[None], mean[None], self._clamp(mean + std * noise)])[: cfg.samples]
+            candidates = torch.cat([best[None], mean[None], self._feasible(mean + std * noise, current)])[: cfg.samples]
             final = self.model.rollout(history, history_actions, candidates.to(self.dtype), **prefix)[:, -1]
             cost = goal_cost(final, goal, cfg.cost)
             elite_cost, idx = torch.topk(cost, cfg.elites, largest=False)

@@ -20,8 +20,8 @@ def effective_rank(z: torch.Tensor) -> float:
     return float(torch.exp(-(p * p.clamp_min(1e-12).log()).sum()))
 
 
-def linear_probe_r2(train_z, train_y, val_z, val_y, ridge: float = 1e-3) -> float:
-    """Fit ridge regression latents -> targets on train, return the mean R^2 over target dims on val."""
+def linear_probe_r2(train_z, train_y, val_z, val_y, ridge: float = 1e-3, per_target: bool = False):
+    """Fit ridge regression latents -> targets on train; R^2 on val, mean over targets (or one per target)."""
     def design(z):
         z = np.asarray(z, dtype=np.float64)
         return np.hstack([z, np.ones((len(z), 1))])
@@ -31,4 +31,5 @@ def linear_probe_r2(train_z, train_y, val_z, val_y, ridge: float = 1e-3) -> floa
     pred, y = design(val_z) @ W, np.asarray(val_y, dtype=np.float64)
     ss_res = ((y - pred) ** 2).sum(0)
     ss_tot = ((y - y.mean(0)) ** 2).sum(0).clip(min=1e-12)
-    return float(np.mean(1.0 - ss_res / ss_tot))
+    r2 = 1.0 - ss_res / ss_tot
+    return r2.tolist() if per_target else float(np.mean(r2))

@@ -36,6 +36,16 @@ def model_config(section: dict) -> ModelConfig:
     return ModelConfig.preset(section.pop("preset", "sim"), **section)
 
 
+def collect_manifest(bag_paths) -> dict:
+    """The simulator settings `jepa-wm collect` wrote next to its bags ({} for bags from a robot)."""
+    for root in bag_paths or []:
+        for folder in (Path(root), Path(root).parent):
+            found = sorted(folder.glob("collect_*.yaml"))
+            if found:
+                return yaml.safe_load(found[0].read_text()) or {}
+    return {}
+
+
 def fit(episodes, config: dict, out_dir, parent: str | None = None, sources=None) -> Path:
     """Train (or, with `parent`, fine-tune) on episodes; returns the checkpoint path."""
     out = Path(out_dir)
@@ -54,19 +64,25 @@ def fit(episodes, config: dict, out_dir, parent: str | None = None, sources=None
     train_set = ClipDataset(train_eps, cfg.clip_len, cfg.frameskip)
     val_set = ClipDataset(val_eps, cfg.clip_len, cfg.frameskip)
     all_actions = np.concatenate([ep.actions for ep in train_eps])
+    max_step = np.max([np.abs(np.diff(ep.actions, axis=0)).max(0) for ep in train_eps if len(ep) > 1], axis=0)
     meta = {
         "joint_names": parent_meta.get("joint_names") or config.get("data", {}).get("joint_names", []),
         # The planner never commands outside what the model has seen.
         "action_low": all_actions.min(0).tolist(),
         "action_high": all_actions.max(0).tolist(),
+        "action_max_step": max_step.tolist(),  # the fastest command change in the data: the planner's rate limit
         "data": config.get("data", {}),
         "sources": [str(s) for s in (sources or sorted({ep.source for ep in episodes}))],
         "episodes": {"train": len(train_eps), "val": len(val_eps)},
     }
+    sim = collect_manifest(sources).get("sim") or parent_meta.get("sim")
+    if sim:  # simulated data: evaluation rebuilds the same scene and camera
+        meta["sim"] = sim
     if parent:
         meta.update(parent=str(parent), parent_metrics=parent_meta.get("metrics", {}))
         meta["action_low"] = np.minimum(meta["action_low"], parent_meta.get("action_low", meta["action_low"])).tolist()
         meta["action_high"] = np.maximum(meta["action_high"], parent_meta.get("action_high", meta["action_high"])).tolist()
+        meta["action_max_step"] = np.maximum(max_step, parent_meta.get("action_max_step", max_step)).tolist()
 
     t0 = time.time()
     metrics = train(model, train_set, val_set, tcfg, out, meta)
@@ -74,7 +90,7 @@ def fit(episodes, config: dict, out_dir, parent: str | None = None, sources=None
     if is_main_process():
         calibration = calibrate_model(model, val_eps, cal.get("quantile", 0.999), cal.get("margin", 1.5),
                                       cal.get("consecutive", 2))
-        meta.update(metrics=metrics, surprise=calibration.to_dict(), train_seconds=round(time.time() - t0, 1),
+        meta.update(step=tcfg.steps, metrics=metrics, surprise=calibration.to_dict(), train_seconds=round(time.time() - t0, 1),
                     train_config=config)
         save_checkpoint(path, model.cpu(), meta)
         print(f"saved {path}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
