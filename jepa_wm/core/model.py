@@ -280,37 +280,38 @@ class Predictor(nn.Module):
             m = blk.ada[1](silu_cond)  # (S, N, 6*dim)
             m[..., 0:dim] += 1.0  # (1 + scale) once for every step
             m[..., 3 * dim:4 * dim] += 1.0
-            mods.append(m.transpose(0, 1))  # (N, S, 6*dim): step n is a contiguous slice
-        # Per (prefix, S) buffers: (S*heads, P+N, hd), the shared prefix written once.
+            mods.append(m.transpose(0, 1))  # (N, S, 6*dim): step n is mods[i][n]
+        # The prefix's keys and values are shared by every candidate: (heads, hd, P) and (heads, P, hd),
+        # attended with batched-over-heads matmuls. The candidates' own keys and values go into
+        # buffers (S, heads, N, hd), allocated once per (prefix, S, thread) and reused by every call.
+        past = [(prefix.k[i][0].to(dtype).transpose(-1, -2) * scale, prefix.v[i][0].to(dtype)) if P else None
+                for i in range(len(self.blocks))]
         bufkey = (S, N, dtype, threading.get_ident())
-        bufs = prefix.buffers.get(bufkey) if hasattr(prefix, "buffers") else None
+        bufs = prefix.buffers.get(bufkey)
         if bufs is None:
-            bufs = []
-            for i in range(len(self.blocks)):
-                kb = torch.empty(S, heads, P + N, hd, dtype=dtype, device=device)
-                vb = torch.empty(S, heads, P + N, hd, dtype=dtype, device=device)
-                if P:
-                    kb[:, :, :P] = prefix.k[i].to(dtype)
-                    vb[:, :, :P] = prefix.v[i].to(dtype)
-                bufs.append((kb, vb))
-            if hasattr(prefix, "buffers"):
-                prefix.buffers[bufkey] = bufs
+            bufs = [(torch.empty(S, heads, N, hd, dtype=dtype, device=device),
+                     torch.empty(S, heads, N, hd, dtype=dtype, device=device)) for _ in self.blocks]
+            prefix.buffers[bufkey] = bufs
         out = []
         for n in range(N):
             x = self.inp(z)  # (1|S, dim)
-            L = P + n + 1
             for i, blk in enumerate(self.blocks):
                 s1, b1, g1, s2, b2, g2 = mods[i][n].chunk(6, dim=-1)
                 w, b = self.rotated_qkv(i, P + n, dtype)
                 qkv = F.linear(torch.addcmul(b1, F.layer_norm(x, (dim,)), s1), w, b).view(S, 3, heads, hd)
                 kb, vb = bufs[i]
-                kb[:, :, P + n] = qkv[:, 1]
-                vb[:, :, P + n] = qkv[:, 2]
-                q = qkv[:, 0].reshape(S * heads, 1, hd)
-                keys, values = kb.view(S * heads, P + N, hd)[:, :L], vb.view(S * heads, P + N, hd)[:, :L]
-                att = (q * keys).sum(-1, keepdim=True).mul_(scale)  # (S*heads, L, 1)
-                y = torch.bmm(torch.softmax(att, dim=1).transpose(1, 2), values)  # (S*heads, 1, hd)
-                x = torch.addcmul(x, g1, blk.proj(y.view(S, inner)))
+                kb[:, :, n] = qkv[:, 1]
+                vb[:, :, n] = qkv[:, 2]
+                q = qkv[:, 0]  # (S, heads, hd)
+                att = (q.unsqueeze(2) * kb[:, :, : n + 1]).sum(-1).mul_(scale)  # (S, heads, n+1): own keys
+                if P:
+                    pk_t, pv = past[i]
+                    att = torch.cat([torch.matmul(q.transpose(0, 1), pk_t).transpose(0, 1), att], dim=-1)
+                att = torch.softmax(att, dim=-1)
+                y = torch.matmul(att[..., P:].unsqueeze(2), vb[:, :, : n + 1]).squeeze(2)  # (S, heads, hd)
+                if P:
+                    y = y + torch.matmul(att[..., :P].transpose(0, 1), pv).transpose(0, 1)
+                x = torch.addcmul(x, g1, blk.proj(y.reshape(S, inner)))
                 x = torch.addcmul(x, g2, blk.mlp(torch.addcmul(b2, F.layer_norm(x, (dim,)), s2)))
             z = head(self.out(self.norm(x)))
             out.append(z)
