@@ -29,14 +29,35 @@ def add_arguments(p):
     p.add_argument("--width", type=int, default=64, help="image width (default: %(default)s)")
     p.add_argument("--height", type=int, default=64, help="image height (default: %(default)s)")
     p.add_argument("--control-dt", type=float, default=0.1, help="seconds per step (default: %(default)s)")
+    add_robot_change_arguments(p)
     p.add_argument("--workers", type=int, default=1, help="parallel processes, one simulator each (default: %(default)s)")
+
+
+def add_robot_change_arguments(p):
+    """A changed robot (weaker drives, a payload) for adaptation experiments; shared with `jepa-wm eval`."""
+    p.add_argument("--joint-gain-scale", type=float, nargs="+", metavar="S",
+                   help="servo gain factor per joint, e.g. 1 0.3 1 (default: the scene's gains)")
+    p.add_argument("--added-mass", nargs="+", default=[], metavar="BODY=KG", help="extra mass on named bodies")
+
+
+def robot_change(args) -> dict:
+    """SimConfig overrides from add_robot_change_arguments' flags."""
+    change = {}
+    if args.joint_gain_scale:
+        change["joint_gain_scale"] = list(args.joint_gain_scale)
+    if args.added_mass:
+        try:
+            change["added_mass"] = {k: float(v) for k, v in (item.split("=", 1) for item in args.added_mass)}
+        except ValueError:
+            raise SystemExit(f"--added-mass takes BODY=KG pairs, got {args.added_mass}") from None
+    return change
 
 
 def _sim_config(args):
     from jepa_wm.sim.arm import SimConfig
 
     return SimConfig(scene=args.scene, camera=args.camera, object_body=args.object_body, width=args.width,
-                     height=args.height, control_dt=args.control_dt, seed=args.seed)
+                     height=args.height, control_dt=args.control_dt, seed=args.seed, **robot_change(args))
 
 
 _WORKER = {}

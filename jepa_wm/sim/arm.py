@@ -35,6 +35,10 @@ class SimConfig:
     seed: int = 0
     ee_site: str = ""  # empty: site "ee" if the scene has one, else the last arm joint's body
     object_jitter: float = 0.1  # reset() places the object uniformly within this many metres of its default xy
+    # A changed robot that persists across resets (the fine-tuning experiment): per-joint servo gain
+    # factors, and extra mass in kg per body name. Empty: the scene as written.
+    joint_gain_scale: list[float] = field(default_factory=list)
+    added_mass: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -70,6 +74,7 @@ class ArmSim:
         self._substeps = max(1, round(cfg.control_dt / self.model.opt.timestep))
         self._defaults = (self.model.body_mass.copy(), self.model.body_inertia.copy(),
                           self.model.actuator_gainprm.copy(), self.model.actuator_biasprm.copy())
+        self._default_armature = self.model.dof_armature.copy()
         self._renderer = mujoco.Renderer(self.model, cfg.height, cfg.width)
         self._rng = np.random.default_rng(cfg.seed)
         self._blocked: dict[int, float] = {}
@@ -186,6 +191,8 @@ class ArmSim:
             m.body_mass[:], m.body_inertia[:] = self._defaults[0], self._defaults[1]
             mujoco.mj_setConst(m, self._scratch)
         m.actuator_gainprm[:], m.actuator_biasprm[:] = self._defaults[2], self._defaults[3]
+        self._apply_robot_change()
+        m.dof_armature[:] = self._default_armature
         self._blocked.clear()
         self._frozen = self._occluded = False
         mujoco.mj_resetData(m, self.data)
@@ -195,6 +202,19 @@ class ArmSim:
         self.data.ctrl[self._act] = q
         mujoco.mj_forward(m, self.data)
         return self._observe()
+
+    def _apply_robot_change(self):
+        scales = self.cfg.joint_gain_scale
+        if scales and len(scales) != self.n_joints:
+            raise ValueError(f"joint_gain_scale has {len(scales)} values; the arm has {self.n_joints} joints")
+        for i, scale in enumerate(scales):
+            if scale != 1.0:
+                self.set_joint_gain(i, scale)
+        for body, kg in self.cfg.added_mass.items():
+            b = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_BODY, body)
+            if b < 0:
+                raise ValueError(f"added_mass names body {body!r}, which is not in the scene")
+            self.set_link_mass(body, float(self._defaults[0][b]) + kg)
 
     def _check_joints(self, joint_pos) -> np.ndarray:
         q = np.asarray(joint_pos, float)
@@ -334,10 +354,15 @@ class ArmSim:
         """Joint i stops where it is, whatever the command (a jammed joint or an engaged brake)."""
         if not 0 <= i < self.n_joints:
             raise IndexError(f"joint index {i} out of range 0..{self.n_joints - 1}")
+        dof = self._dof[i]
         if blocked:
             self._blocked[i] = float(self.data.qpos[self._qpos[i]])
+            # A brake, not only a position reset: the huge armature makes the joint take the
+            # reaction of the others' motion, as a real brake does, instead of soaking it up.
+            self.model.dof_armature[dof] = 1e6
         else:
             self._blocked.pop(i, None)
+            self.model.dof_armature[dof] = self._default_armature[dof]
 
     def freeze_camera(self, frozen: bool = True):
         """render() keeps returning the last frame (a stuck camera driver)."""

@@ -75,16 +75,20 @@ class ExplorationPolicy:
         return q
 
     def _push_waypoints(self, q0) -> list[np.ndarray]:
-        """Above a point behind the object, down to its height, then straight through it."""
+        """Above a point behind the object, down to its height, then straight through it.
+
+        An arm that cannot lift (a planar one, like the builtin scene) skips the approach from above.
+        """
         obj = self.sim.object_pos()
         height = obj[2] + 0.01
         for _ in range(8):
             angle = self.rng.uniform(-np.pi, np.pi)
             direction = np.array([np.cos(angle), np.sin(angle), 0.0])
             behind = np.array([obj[0], obj[1], height]) - 0.09 * direction
-            points = [behind + [0, 0, 0.08], behind, behind + 0.2 * direction]
-            q, path = q0, []
-            for p in points:
+            above, residual = solve_ik(self.sim, behind + [0, 0, 0.08], q0)
+            path = [above] if residual <= 0.015 else []
+            q = path[-1] if path else q0
+            for p in (behind, behind + 0.2 * direction):
                 q, residual = solve_ik(self.sim, p, q)
                 if residual > 0.015:
                     break
