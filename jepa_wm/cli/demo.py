@@ -165,8 +165,16 @@ def run(args) -> int:
         rng = np.random.default_rng(args.seed + 1000)  # not the simulator's stream
         lo, hi = sim.lo, sim.hi
         lo_m, hi_m = lo + 0.2 * (hi - lo), hi - 0.2 * (hi - lo)
+
+        def new_goal():  # a pose the arm can take: clear of the table and the object
+            while True:
+                q = rng.uniform(lo_m, hi_m)
+                if sim.sim.collision_free(q, np.asarray(sim.obs.object_xy)):
+                    return q
+
+        reached_goals = 0
         for i in range(args.goals):
-            goal = rng.uniform(lo_m, hi_m)
+            goal = new_goal()
             img = sim.sim.render_state(goal, np.asarray(sim.obs.object_xy))
             start_img = np.asarray(sim.obs.image).copy()
             state["goal"] = goal
@@ -183,12 +191,13 @@ def run(args) -> int:
                 ok = False
             else:
                 ev(f"goal {i + 1}: {'REACHED' if reached else 'not reached'} (max joint error {err:.3f} rad)")
-                ok &= reached
+                reached_goals += reached
             rec["frames"].append((start_img, img, np.asarray(sim.obs.image).copy()))
             call(SetBool, "/command_gate/engage", SetBool.Request(data=False))
 
+        ev(f"reached {reached_goals}/{args.goals} goals within {args.tolerance} rad")
         # Surprise: the object jumps while the arm moves towards a new goal.
-        goal = rng.uniform(lo_m, hi_m)
+        goal = new_goal()
         state["goal"] = goal
         goal_pub.publish(image_msg_from_rgb(sim.sim.render_state(goal, np.asarray(sim.obs.object_xy))))
         time.sleep(0.3)
@@ -228,7 +237,9 @@ def run(args) -> int:
             n.destroy_node()
         rclpy.try_shutdown()
     _summary(args.out, rec, ev.log)
-    ev(f"summary written to {args.out}; {'all checks passed' if ok else 'SOME CHECKS FAILED'}")
+    # Exit status: the safety checks (no false stop, surprise stop, hold, teleop pre-emption);
+    # goal reaching is a performance number, printed above.
+    ev(f"summary written to {args.out}; {'all safety checks passed' if ok else 'SOME SAFETY CHECKS FAILED'}")
     return 0 if ok else 1
 
 

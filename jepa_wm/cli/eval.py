@@ -16,7 +16,9 @@ import numpy as np
 
 
 def add_arguments(p):
-    p.add_argument("--model", default=None, help="checkpoint (default: the shipped models/sim_arm.safetensors)")
+    from jepa_wm.cli.collect import add_robot_change_arguments
+
+    p.add_argument("--model", default=None, help="checkpoint (default: the shipped models/sim.safetensors)")
     p.add_argument("--goals", type=int, default=50, help="number of seeded goals (default: %(default)s)")
     p.add_argument("--budget", type=int, default=30, help="control steps per goal (default: %(default)s)")
     p.add_argument("--tolerance", type=float, default=0.1, help="success: max joint error in rad (default: %(default)s)")
@@ -25,12 +27,16 @@ def add_arguments(p):
     p.add_argument("--surprise-episodes", type=int, default=20, help="episodes per event type (0 skips surprise)")
     p.add_argument("--planner-config", default=None, help="YAML with planner settings (default: config/planner.yaml)")
     p.add_argument("--out", default="runs/eval", help="output directory (default: %(default)s)")
+    add_robot_change_arguments(p)
 
 
 def run(args) -> int:
     from tqdm import tqdm
 
+    from jepa_wm.cli.collect import robot_change
     from jepa_wm.core.checkpoint import load_checkpoint
+    from jepa_wm.core.surprise import SurpriseCalibration
+    from jepa_wm.data.dataset import Episode
     from jepa_wm.eval import goals, plots, surprise_events
     from jepa_wm.eval.common import default_model_path, make_sim, planner_config
     from jepa_wm.sim.explore import ExplorationPolicy
@@ -40,7 +46,7 @@ def run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     model_path = args.model or default_model_path()
     model, meta = load_checkpoint(model_path)
-    sim = make_sim(meta)
+    sim = make_sim(meta, **robot_change(args))
     pcfg = planner_config(args.planner_config)
     report = {"model": str(model_path), "planner": vars(pcfg), "goals": args.goals, "budget": args.budget,
               "tolerance_rad": args.tolerance}
@@ -48,7 +54,7 @@ def run(args) -> int:
     suites = [("reach", False)] + ([("push", True)] if args.push else [])
     for name, push in suites:
         tasks = goals.make_tasks(sim, args.goals, args.seed, push=push)
-        agent = goals.LatentAgent(model, pcfg, meta["action_low"], meta["action_high"], seed=args.seed)
+        agent = goals.LatentAgent(model, pcfg, meta, seed=args.seed)
         rng = np.random.default_rng(args.seed)
         planned = [goals.run_episode(sim, t, agent, args.budget, args.tolerance)
                    for t in tqdm(tasks, desc=f"{name}: planner")]
@@ -65,14 +71,14 @@ def run(args) -> int:
         policy = ExplorationPolicy(sim)
         n, steps = args.surprise_episodes, 40
         t0 = time.time()
-        nominal_runs = [surprise_events.record(sim, policy, steps, args.seed + 500 + i) for i in range(2 * n)]
-        calib_runs, test_runs = nominal_runs[:n], nominal_runs[n:]
-
-        class Run:  # calibration reads .frames and .actions
-            def __init__(self, frames, actions):
-                self.frames, self.actions = frames, actions
-
-        cal = calibrate_model(model, [Run(*r) for r in calib_runs])
+        # The threshold the surprise monitor deploys: the checkpoint's own calibration.
+        if "surprise" in meta:
+            cal = SurpriseCalibration.from_dict(meta["surprise"])
+            test_runs = [surprise_events.record(sim, policy, steps, args.seed + 500 + i) for i in range(n)]
+        else:
+            runs = [surprise_events.record(sim, policy, steps, args.seed + 500 + i) for i in range(2 * n)]
+            cal = calibrate_model(model, [Episode(f, a, None, None, "eval") for f, a in runs[:n]])
+            test_runs = runs[n:]
         nominal = [surprise_events.EventEpisode("nominal", -1, surprise_events.episode_scores(model, f, a, cal.scale))
                    for f, a in test_runs]
         events = []
@@ -83,10 +89,13 @@ def run(args) -> int:
                 sim.reset()  # clear the perturbation
                 events.append(surprise_events.EventEpisode(kind, onset,
                                                            surprise_events.episode_scores(model, f, a, cal.scale)))
-        report["surprise"] = {"calibration": cal.to_dict(), **surprise_events.summarise(nominal, events, cal),
+        nominal_error = float(np.mean(np.concatenate([e.scores for e in nominal])) * cal.scale)
+        report["surprise"] = {"calibration": cal.to_dict(), "nominal_prediction_error": nominal_error,
+                              **surprise_events.summarise(nominal, events, cal),
                               "seconds": round(time.time() - t0, 1)}
         plots.surprise_traces(nominal, events, cal, out / "surprise.png")
         s = report["surprise"]
+        print(f"one-step prediction error on nominal episodes {nominal_error:.4f}")
         print(f"surprise: threshold {cal.threshold:.2f}, stops on nominal episodes {s['nominal_stops']}/{s['nominal_episodes']}")
         for kind in surprise_events.EVENTS:
             e = s[kind]

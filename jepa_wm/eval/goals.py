@@ -19,7 +19,7 @@ import torch
 
 from jepa_wm.core.config import PlannerConfig
 from jepa_wm.core.model import WorldModel, preprocess
-from jepa_wm.core.planner import CEMPlanner
+from jepa_wm.core.planner import CEMPlanner, normalised_bounds
 
 
 @dataclass
@@ -42,7 +42,11 @@ class Episode:
 
 
 def make_tasks(sim, n: int, seed: int, margin: float = 0.15, push: bool = False) -> list[GoalTask]:
-    """n seeded start/goal pairs inside the joint limits (shrunk by `margin` of the range)."""
+    """n seeded start/goal pairs inside the joint limits (shrunk by `margin` of the range).
+
+    Both configurations are collision-free (clear of the table and the object): a goal
+    image of an arm inside the table shows a pose no controller can reach.
+    """
     lo, hi = sim.joint_limits[:, 0], sim.joint_limits[:, 1]
     lo, hi = lo + margin * (hi - lo), hi - margin * (hi - lo)
     tasks = []
@@ -51,18 +55,26 @@ def make_tasks(sim, n: int, seed: int, margin: float = 0.15, push: bool = False)
         obs = sim.reset(seed=seed + i)
         obj = np.asarray(obs.object_xy, dtype=np.float64)
         goal_obj = obj + rng.uniform(-0.08, 0.08, 2) if push else obj
-        tasks.append(GoalTask(rng.uniform(lo, hi), rng.uniform(lo, hi), obj, goal_obj))
+
+        def pose(object_xy):
+            for _ in range(1000):
+                q = rng.uniform(lo, hi)
+                if sim.collision_free(q, object_xy):
+                    return q
+            raise RuntimeError(f"no collision-free configuration found for goal {i} (seed {seed + i})")
+
+        tasks.append(GoalTask(pose(obj), pose(goal_obj), obj, goal_obj))
     return tasks
 
 
 class LatentAgent:
     """Receding-horizon CEM on the world model: encode, plan, send the first action."""
 
-    def __init__(self, model: WorldModel, planner_cfg: PlannerConfig, action_low, action_high, seed: int = 0):
+    def __init__(self, model: WorldModel, planner_cfg: PlannerConfig, meta: dict, seed: int = 0):
+        """meta: the checkpoint's metadata (action bounds and rate limit of the training data)."""
         self.model = model
-        low = model.normalize_actions(torch.as_tensor(action_low, dtype=torch.float32))
-        high = model.normalize_actions(torch.as_tensor(action_high, dtype=torch.float32))
-        self.planner = CEMPlanner(model, planner_cfg, low, high, seed=seed)
+        low, high, step = normalised_bounds(model, meta["action_low"], meta["action_high"], meta.get("action_max_step"))
+        self.planner = CEMPlanner(model, planner_cfg, low, high, seed=seed, max_step=step)
         self.H = model.cfg.history
 
     @torch.no_grad()
@@ -75,13 +87,18 @@ class LatentAgent:
         self.latents = [self.encode(first_image)]
         self.actions: list[torch.Tensor] = []
 
-    def act(self, image=None) -> np.ndarray:
-        """Next joint-space action; `image` is the frame observed since the last action."""
+    def act(self, image=None, joint_pos=None) -> np.ndarray:
+        """Next joint-space action; `image` is the frame observed since the last action, `joint_pos` the
+        measured joints (the rate limit's anchor before the first command)."""
         if image is not None:
             self.latents.append(self.encode(image))
         hist = torch.stack(self.latents[-self.H:])
         hist_actions = torch.stack(self.actions[-(len(hist) - 1):]) if len(hist) > 1 else torch.zeros(0, self.model.cfg.action_block)
-        result = self.planner.plan(hist, hist_actions, self.goal)
+        if self.actions:
+            current = self.actions[-1][-self.model.cfg.action_dim:]
+        else:
+            current = None if joint_pos is None else self.model.normalize_actions(torch.as_tensor(joint_pos, dtype=torch.float32))
+        result = self.planner.plan(hist, hist_actions, self.goal, current)
         self.actions.append(result.actions[0])
         return self.model.denormalize_actions(result.actions[0]).numpy()
 
@@ -103,7 +120,7 @@ def run_episode(sim, task: GoalTask, agent: LatentAgent | None, budget: int, tol
         if agent is None:
             action = rng.uniform(lo, hi)
         else:
-            action = agent.act(obs.image if step else None)
+            action = agent.act(obs.image if step else None, obs.joint_pos)
             ep.latent_dist.append(agent.goal_distance())
         ep.plan_ms.append(1000 * (time.perf_counter() - t0))
         obs = sim.step(action)

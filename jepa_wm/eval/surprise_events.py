@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from jepa_wm.core.model import WorldModel
-from jepa_wm.core.surprise import SurpriseCalibration, SurpriseDetector, prediction_error
-from jepa_wm.train.calibration import encode_frames, one_step_predictions
+from jepa_wm.core.surprise import SurpriseCalibration, SurpriseDetector
+from jepa_wm.train.calibration import episode_errors
 
 EVENTS = ("teleport", "blocked_joint", "frozen_camera")
 
@@ -60,9 +60,7 @@ def record(sim, policy, steps: int, seed: int, kind: str = "nominal", onset: int
 
 @torch.no_grad()
 def episode_scores(model: WorldModel, frames, actions, scale: float) -> np.ndarray:
-    z = encode_frames(model, frames)
-    pred = one_step_predictions(model, z, model.normalize_actions(torch.from_numpy(actions)))
-    return prediction_error(pred, z[1:]) / scale
+    return episode_errors(model, frames, actions) / scale
 
 
 def auroc(negatives, positives) -> float:
