@@ -41,7 +41,7 @@ def generate_launch_description():
         DeclareLaunchArgument("controller", default_value="arm_controller"),
         DeclareLaunchArgument("gz_camera_topic", default_value="/camera", description="camera topic inside gz"),
         DeclareLaunchArgument("model", default_value=os.path.join(share, "models", "sim.safetensors")),
-        DeclareLaunchArgument("joint_names", default_value="[shoulder, elbow, wrist]"),
+        DeclareLaunchArgument("joint_names", default_value="[base_yaw, shoulder, elbow]"),
         IncludeLaunchDescription(
             PythonLaunchDescriptionSource(os.path.join(ros_gz_sim, "launch", "gz_sim.launch.py")),
             launch_arguments={"gz_args": ["-r ", LaunchConfiguration("world")]}.items(),

@@ -2,7 +2,7 @@
 
     ros2 launch jepa_wm plan.launch.py model:=/path/model.safetensors \
         camera_topic:=/camera/image_raw controller_type:=joint_trajectory \
-        joint_names:='[shoulder, elbow, wrist]'
+        joint_names:='[base_yaw, shoulder, elbow]'
 
 Defaults for every parameter live in config/planner.yaml, monitor.yaml and
 gate.yaml; the arguments below override the ones that differ per robot. The
@@ -41,7 +41,7 @@ def generate_launch_description():
                               description="which ros2_control controller the gate feeds"),
         DeclareLaunchArgument("controller_name", default_value="/arm_controller",
                               description="controller namespace (<name>/joint_trajectory or <name>/commands)"),
-        DeclareLaunchArgument("joint_names", default_value="[shoulder, elbow, wrist]",
+        DeclareLaunchArgument("joint_names", default_value="[base_yaw, shoulder, elbow]",
                               description="the arm's joints in the model's action order, YAML list"),
         DeclareLaunchArgument("use_sim_time", default_value="false", description="use /clock"),
         Node(

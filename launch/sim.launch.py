@@ -27,7 +27,7 @@ def generate_launch_description():
                               description="jepa_wm checkpoint (.safetensors)"),
         DeclareLaunchArgument("controller_type", default_value="joint_trajectory",
                               choices=["joint_trajectory", "forward_command"]),
-        DeclareLaunchArgument("joint_names", default_value="[shoulder, elbow, wrist]",
+        DeclareLaunchArgument("joint_names", default_value="[base_yaw, shoulder, elbow]",
                               description="the simulated arm's joints, YAML list"),
         DeclareLaunchArgument("use_sim_time", default_value="false",
                               description="true: the simulator publishes /clock and every node follows it"),

@@ -189,7 +189,7 @@ def tiny_checkpoint(tmp_path_factory):
     torch.manual_seed(0)
     model = build_model(ModelConfig.preset("tiny")).eval()
     meta = {
-        "joint_names": ["shoulder", "elbow", "wrist"],
+        "joint_names": ["base_yaw", "shoulder", "elbow"],
         "action_low": [-1.5, -1.5, -1.5],
         "action_high": [1.5, 1.5, 1.5],
         "surprise": {"scale": 1e-3, "threshold": 5.0, "quantile": 0.999, "consecutive": 2,

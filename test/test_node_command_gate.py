@@ -15,7 +15,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E
 
 from jepa_wm.nodes.common import LATCHED_QOS  # noqa: E402
 
-JOINTS = ["shoulder", "elbow", "wrist"]
+JOINTS = ["base_yaw", "shoulder", "elbow"]
 MEASURED = [0.1, -0.2, 0.3]
 
 
@@ -104,7 +104,7 @@ def test_teleop_preempts_autonomy(ros, start_node):
     end = time.monotonic() + 1.0
     while time.monotonic() < end:
         rig.auto.publish(traj([0.5, 0.5, 0.5]))
-        rig.teleop.publish(traj([-0.3, 0.2, -0.1], names=["wrist", "elbow", "shoulder"]))
+        rig.teleop.publish(traj([-0.3, 0.2, -0.1], names=["elbow", "shoulder", "base_yaw"]))
         ros.spin_for(0.05)
     after = [rig.positions(m) for _, m in rig.out[n0:]]
     assert [-0.1, 0.2, -0.3] in after, "teleop is forwarded, reordered to the controller's joints"
@@ -148,13 +148,15 @@ def test_stop_latch_holds_and_blocks_everything_until_reset(ros, start_node):
 
 
 def test_forward_command_controller_and_missing_monitor(ros, start_node):
-    gate = start_node("command_gate", "gate.yaml", {"controller_type": "forward_command"})
+    gate = start_node("command_gate", "gate.yaml", {"controller_type": "forward_command",
+                                                    "joint_lower_limits": [-1.0, -1.0, -1.0],
+                                                    "joint_upper_limits": [1.0, 1.0, 2.4]})
     rig = Rig(ros, "forward_command")
     rig.wait_up(gate)
     assert rig.engage().success
     rig.stream(rig.auto_arr, lambda: Float64MultiArray(data=[0.4, 0.4, 9.0]), 0.5)
     got = [list(m.data) for _, m in rig.out]
-    assert [0.4, 0.4, 2.5] in got, "forwarded as Float64MultiArray, clipped to the joint limits"
+    assert [0.4, 0.4, 2.4] in got, "forwarded as Float64MultiArray, clipped to the joint limits"
     # The monitor disappears: autonomy is disengaged and the arm holds.
     n0 = len(rig.out)
     ros.node.destroy_publisher(rig.stop)

@@ -16,7 +16,7 @@ from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
 from jepa_wm.nodes.common import SENSOR_QOS, image_msg_from_rgb, stamp_ns, vector_from_msg  # noqa: E402
 
-JOINTS = ["shoulder", "elbow", "wrist"]
+JOINTS = ["base_yaw", "shoulder", "elbow"]
 
 
 def scene(k):

@@ -43,7 +43,9 @@ def load_backend_config(path=None) -> dict:
 
     cfg = copy.deepcopy(DEFAULT_CONFIG)
     if path is None:
-        here = Path(__file__).resolve().parents[2] / "config" / "backends.yaml"
+        from jepa_wm.resources import config_file
+
+        here = config_file("backends.yaml")  # the source tree's, or the installed share/jepa_wm/config's
         path = here if here.is_file() else None
     if path is not None:
         import yaml

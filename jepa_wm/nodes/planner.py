@@ -138,7 +138,7 @@ class Planner(LifecycleNode):
 
         from jepa_wm.core.checkpoint import CheckpointError, load_checkpoint
         from jepa_wm.core.config import PlannerConfig
-        from jepa_wm.core.planner import CEMPlanner
+        from jepa_wm.core.planner import CEMPlanner, normalised_bounds
 
         p = self.p
         torch.set_num_threads(p["torch_threads"])
@@ -162,21 +162,21 @@ class Planner(LifecycleNode):
         self.lo, self.hi = lo, hi
         pcfg = PlannerConfig(samples=p["samples"], iterations=p["iterations"], elites=p["elites"],
                              horizon=p["horizon"], cost=p["cost"], warm_iterations=p["warm_iterations"])
-        low = model.normalize_actions(torch.as_tensor(lo, dtype=torch.float32))
-        high = model.normalize_actions(torch.as_tensor(hi, dtype=torch.float32))
+        low, high, max_step = normalised_bounds(model, lo, hi, meta.get("action_max_step"))
         self.model, self.torch = model, torch
         from jepa_wm.backends import BackendUnavailable, load_backend_config, select_backend
 
         bcfg = load_backend_config()
         bcfg["torch"].update(precision=p["precision"], split_batch=1)
         try:
-            sel = select_backend(p["backends"], model=model, onnx_dir=p["onnx_dir"] or None, config=bcfg,
+            onnx_dir = resolve_model(p["onnx_dir"] or bcfg["onnx_dir"])  # relative: here, else the share dir
+            sel = select_backend(p["backends"], model=model, onnx_dir=onnx_dir, config=bcfg,
                                  logger=self.get_logger())
         except BackendUnavailable as e:
             raise ParameterError(f"parameter 'backends': {e}") from None
         self.backend = sel.name
         self.encode = lambda rgb: sel.encoder.encode(np.array(rgb, dtype=np.uint8)[None])[0].float().numpy()
-        self.cem = CEMPlanner(sel.predictor, pcfg, low, high, seed=p["seed"])
+        self.cem = CEMPlanner(sel.predictor, pcfg, low, high, seed=p["seed"], max_step=max_step)
         self.history = collections.deque(maxlen=cfg.history)  # (latent tensor, executed action tensor or None)
         if p["goal_image"]:
             self._set_goal(self._read_goal_file(p["goal_image"]), f"file {p['goal_image']}")
@@ -290,6 +290,13 @@ class Planner(LifecycleNode):
     # ------------------------------------------------------------------ control step
 
     def _step(self):
+        try:
+            self._plan_once()
+        except Exception as e:  # one failed step must not kill the node: the gate holds meanwhile
+            self.status = f"planning failed: {type(e).__name__}: {e}"
+            self.get_logger().error(self.status, throttle_duration_sec=2.0)
+
+    def _plan_once(self):
         if not self.active or self.frame is None or self.frame_seq == self.planned_seq:
             return
         if self.goal_latent is None:
@@ -308,7 +315,10 @@ class Planner(LifecycleNode):
         latents = torch.stack([h[0] for h in self.history])
         acts = [h[1] for h in list(self.history)[:-1]]
         hist_actions = torch.stack(acts) if acts else torch.zeros(0, self.model.cfg.action_block)
-        result = self.cem.plan(latents, hist_actions, self.goal_latent)
+        current = None  # before any executed action, the rate limit starts from the measured joints
+        if not acts and self.measured is not None:
+            current = self.model.normalize_actions(torch.as_tensor(self.measured, dtype=torch.float32))
+        result = self.cem.plan(latents, hist_actions, self.goal_latent, current)
         self.last_action = result.actions[0]
         targets = np.clip(self.model.denormalize_actions(result.actions).numpy().astype(float), self.lo, self.hi)
         self.last_target = targets[0]
@@ -347,8 +357,7 @@ class Planner(LifecycleNode):
         from jepa_wm.data.images import resize_rgb
 
         h = max(rgb.shape[0], 96)
-        cur = resize_rgb(rgb, (h, h)) if rgb.shape[0] != h or rgb.shape[1] != h else rgb
-        goal = resize_rgb(self.goal_rgb, (h, h)) if self.goal_rgb.shape[:2] != (h, h) else self.goal_rgb
+        cur, goal = resize_rgb(rgb, h), resize_rgb(self.goal_rgb, h)
         bar = np.zeros((24, 2 * h, 3), np.uint8)
         score = "-" if self.last_score is None or not len(self.last_score) else f"{self.last_score[0]:.2f}"
         stopped = bool(self.gate.get("stopped"))
@@ -360,7 +369,10 @@ class Planner(LifecycleNode):
 
     def _diagnostics(self):
         st = DiagnosticStatus(name="jepa_wm: planner", hardware_id="jepa_wm", message=self.status)
-        st.level = DiagnosticStatus.OK if self.status.startswith("planning") else DiagnosticStatus.WARN
+        if self.status.startswith("planning failed"):
+            st.level = DiagnosticStatus.ERROR
+        else:
+            st.level = DiagnosticStatus.OK if self.status.startswith("planning") else DiagnosticStatus.WARN
         if self.bad_frames:
             st.message += f"; {self.bad_frames} malformed frames dropped"
         ms = np.asarray(self.plan_ms) if self.plan_ms else np.zeros(1)

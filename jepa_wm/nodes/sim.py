@@ -209,7 +209,11 @@ class SimNode(Node):
             angle = self.rng.uniform(0, 2 * math.pi)
             new = np.asarray(self.obs.object_xy, dtype=float) + self.get_parameter("teleport_distance").value * np.array(
                 [math.cos(angle), math.sin(angle)])
-        self.sim.teleport_object(new)
+        try:
+            self.sim.teleport_object(new)
+        except ValueError as e:
+            res.success, res.message = False, str(e)
+            return res
         res.success, res.message = True, f"object teleported to {np.round(new, 3).tolist()}"
         self.get_logger().warn(f"perturbation: {res.message}")
         return res
@@ -219,7 +223,11 @@ class SimNode(Node):
         if not 0 <= i < len(self.joint_names):
             res.success, res.message = False, f"perturb_joint {i} is not a joint index (0..{len(self.joint_names) - 1})"
             return res
-        self.sim.block_joint(i, bool(req.data))
+        try:
+            self.sim.block_joint(i, bool(req.data))
+        except ValueError as e:
+            res.success, res.message = False, str(e)
+            return res
         res.success, res.message = True, f"joint {self.joint_names[i]} {'blocked' if req.data else 'released'}"
         self.get_logger().warn(f"perturbation: {res.message}")
         return res
