@@ -451,3 +451,19 @@ def test_push_episodes_move_the_object(sim):
     assert policy.push
     assert np.linalg.norm(obs.object_xy - start_xy) > 0.05
     assert not ExplorationPolicy(sim, push_fraction=0.0, seed=0).push
+
+
+def test_a_changed_robot_persists_across_resets():
+    changed = ArmSim(SimConfig(width=32, height=32, joint_offset=[0.0, 0.25, -0.25], joint_gain_scale=[1.0, 0.5, 0.5],
+                               added_mass={"pusher": 0.2}))
+    for _ in range(2):  # the change survives reset(), unlike a perturbation
+        changed.reset(seed=0, joint_pos=START, object_xy=OBJECT_XY)
+        q = _drive(changed, START, 10).joint_pos
+        np.testing.assert_allclose(q[1:], START[1:] + [0.25, -0.25], atol=0.03)  # settles at command + offset
+    nominal = ArmSim(SimConfig(width=32, height=32))
+    pusher = nominal.model.body("pusher").id
+    assert changed.model.body_mass[pusher] == pytest.approx(nominal.model.body_mass[pusher] + 0.2)
+    with pytest.raises(ValueError, match="joint_offset has 2 values"):
+        ArmSim(SimConfig(joint_offset=[0.1, 0.2]))
+    with pytest.raises(ValueError, match="not in the scene"):
+        ArmSim(SimConfig(added_mass={"gripper": 1.0}))

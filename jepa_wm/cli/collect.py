@@ -34,9 +34,11 @@ def add_arguments(p):
 
 
 def add_robot_change_arguments(p):
-    """A changed robot (weaker drives, a payload) for adaptation experiments; shared with `jepa-wm eval`."""
+    """A changed robot (weaker drives, re-zeroed joints, a payload) for adaptation experiments; shared with `jepa-wm eval`."""
     p.add_argument("--joint-gain-scale", type=float, nargs="+", metavar="S",
                    help="servo gain factor per joint, e.g. 1 0.3 1 (default: the scene's gains)")
+    p.add_argument("--joint-offset", type=float, nargs="+", metavar="RAD",
+                   help="zero offset per joint: the joint settles at command + offset (default: none)")
     p.add_argument("--added-mass", nargs="+", default=[], metavar="BODY=KG", help="extra mass on named bodies")
 
 
@@ -45,6 +47,8 @@ def robot_change(args) -> dict:
     change = {}
     if args.joint_gain_scale:
         change["joint_gain_scale"] = list(args.joint_gain_scale)
+    if args.joint_offset:
+        change["joint_offset"] = list(args.joint_offset)
     if args.added_mass:
         try:
             change["added_mass"] = {k: float(v) for k, v in (item.split("=", 1) for item in args.added_mass)}

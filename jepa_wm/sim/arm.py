@@ -36,8 +36,10 @@ class SimConfig:
     ee_site: str = ""  # empty: site "ee" if the scene has one, else the last arm joint's body
     object_jitter: float = 0.1  # reset() places the object uniformly within this many metres of its default xy
     # A changed robot that persists across resets (the fine-tuning experiment): per-joint servo gain
-    # factors, and extra mass in kg per body name. Empty: the scene as written.
+    # factors, per-joint zero offsets (rad: the joint settles at command + offset, as after re-mounting
+    # a link or replacing an encoder), and extra mass in kg per body name. Empty: the scene as written.
     joint_gain_scale: list[float] = field(default_factory=list)
+    joint_offset: list[float] = field(default_factory=list)
     added_mass: dict[str, float] = field(default_factory=dict)
 
 
@@ -210,6 +212,11 @@ class ArmSim:
         for i, scale in enumerate(scales):
             if scale != 1.0:
                 self.set_joint_gain(i, scale)
+        offsets = self.cfg.joint_offset
+        if offsets and len(offsets) != self.n_joints:
+            raise ValueError(f"joint_offset has {len(offsets)} values; the arm has {self.n_joints} joints")
+        for a, off in zip(self._act, offsets):  # force = kp * (command + offset - q)
+            self.model.actuator_biasprm[a, 0] = self.model.actuator_gainprm[a, 0] * off
         for body, kg in self.cfg.added_mass.items():
             b = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_BODY, body)
             if b < 0:
