@@ -11,10 +11,10 @@ pytest.importorskip("mujoco", reason="the embedded simulator needs mujoco")
 from jepa_wm.sim.arm import ArmSim, SimConfig  # noqa: E402
 from jepa_wm.sim.explore import ExplorationPolicy, solve_ik  # noqa: E402
 
-# Collision-free configurations of the builtin planar arm (swinging towards +y, clear of the puck at -y).
-START = np.array([0.3, 0.5, 0.6])
-TARGET = np.array([0.9, 0.4, 0.5])
-OBJECT_XY = np.array([0.05, -0.3])
+# Collision-free configurations of the builtin arm (upper arm raised, clear of table and puck).
+START = np.array([0.0, -0.2, 0.6])
+TARGET = np.array([0.6, -0.3, 0.5])
+OBJECT_XY = np.array([0.35, 0.1])
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def _drive(sim, target, steps):
 def test_builtin_scene_joints_limits_and_observation(sim):
     assert sim.joint_names == ["base_yaw", "shoulder", "elbow"]
     assert sim.n_joints == 3 and sim.has_object
-    np.testing.assert_allclose(sim.joint_limits, [[-1.6, 1.6], [-2.0, 2.0], [-2.0, 2.0]])
+    np.testing.assert_allclose(sim.joint_limits, [[-1.6, 1.6], [-0.6, 1.4], [-0.3, 2.4]])
     obs = _start(sim)
     assert obs.image.shape == (32, 32, 3) and obs.image.dtype == np.uint8
     np.testing.assert_allclose(obs.joint_pos, START)
@@ -107,7 +107,7 @@ def test_position_control_respects_joint_limits(sim):
 
 def test_reset_clips_given_joint_positions_to_the_limits(sim):
     obs = sim.reset(seed=0, joint_pos=[9.0, -9.0, 0.5], object_xy=OBJECT_XY)
-    np.testing.assert_allclose(obs.joint_pos, [1.6, -2.0, 0.5])
+    np.testing.assert_allclose(obs.joint_pos, [1.6, -0.6, 0.5])
 
 
 def test_reset_with_the_same_seed_is_deterministic(sim):
@@ -157,12 +157,10 @@ def test_ee_pos_is_forward_kinematics_of_the_joint_state(sim):
     assert np.arctan2(b[1], b[0]) - np.arctan2(a[1], a[0]) == pytest.approx(1.0)
 
 
-def test_collision_free_detects_the_arm_through_the_puck(sim):
+def test_collision_free_detects_the_arm_inside_the_table(sim):
     _start(sim)
-    # Base yaw -1.0 stretched out: the arm lies across the puck at (0.05, -0.3).
-    assert not sim.collision_free([-1.4, 0.0, 0.0])
-    assert sim.collision_free([-1.4, 0.0, 0.0], object_xy=[0.3, 0.3])  # the same pose, the puck elsewhere
-    assert sim.collision_free(START)
+    assert not sim.collision_free([0.0, 1.4, 0.0])  # shoulder fully down: through the tabletop
+    assert sim.ee_at([0.0, 1.4, 0.0])[2] < 0
     assert sim.joint_state()[0] == pytest.approx(START)  # the simulation was not touched
 
 
@@ -224,8 +222,8 @@ def test_frozen_camera_repeats_the_frame_while_the_arm_moves(sim):
     sim.freeze_camera(False)
     live = sim.render()
     assert np.abs(live.astype(int) - first).sum() > 1000
-    # (up to a few edge pixels: the rendered kinematics lag the integrated state by one 2 ms substep)
-    assert (np.abs(live.astype(int) - sim.render_state(sim.joint_state()[0])).max(-1) > 2).sum() <= 8
+    # (up to one grey level: the rendered kinematics lag the integrated state by one substep)
+    assert np.abs(live.astype(int) - sim.render_state(sim.joint_state()[0])).max() <= 2
 
 
 def test_occluded_camera_covers_the_centre_only(sim):
@@ -454,12 +452,12 @@ def test_push_episodes_move_the_object(sim):
 
 
 def test_a_changed_robot_persists_across_resets():
-    changed = ArmSim(SimConfig(width=32, height=32, joint_offset=[0.0, 0.25, -0.25], joint_gain_scale=[1.0, 0.5, 0.5],
+    changed = ArmSim(SimConfig(width=32, height=32, joint_offset=[0.0, 0.25, -0.25], joint_gain_scale=[0.5, 1.0, 1.0],
                                added_mass={"pusher": 0.2}))
     for _ in range(2):  # the change survives reset(), unlike a perturbation
         changed.reset(seed=0, joint_pos=START, object_xy=OBJECT_XY)
         q = _drive(changed, START, 10).joint_pos
-        np.testing.assert_allclose(q[1:], START[1:] + [0.25, -0.25], atol=0.03)  # settles at command + offset
+        np.testing.assert_allclose(q[1:], START[1:] + [0.25, -0.25], atol=0.04)  # settles at command + offset
     nominal = ArmSim(SimConfig(width=32, height=32))
     pusher = nominal.model.body("pusher").id
     assert changed.model.body_mass[pusher] == pytest.approx(nominal.model.body_mass[pusher] + 0.2)
