@@ -22,6 +22,10 @@ from pathlib import Path
 
 import pytest
 
+# Headless rendering for every test: MuJoCo picks its GL backend when it is first imported,
+# which a test module's importorskip("mujoco") may do before jepa_wm.sim.arm sets this.
+os.environ.setdefault("MUJOCO_GL", "egl")
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
 CONFIG = ROOT / "config"

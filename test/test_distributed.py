@@ -57,7 +57,7 @@ def test_jepa_wm_train_runs_unchanged_under_torchrun_and_learns(tmp_path):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in rows if "loss" in r]
     assert len(losses) == 4, "rank 0 alone logs, every log_every steps"
-    assert np.mean(losses[-2:]) < 0.8 * np.mean(losses[:2])
+    assert np.mean(losses[-2:]) < 0.92 * np.mean(losses[:2])
     _, meta = load_checkpoint(out / "model.safetensors")
     assert meta["step"] == 40
     assert sorted(p.name for p in out.iterdir()) == ["losses.png", "metrics.jsonl", "model.safetensors", "train_state.pt"]

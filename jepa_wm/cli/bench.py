@@ -24,7 +24,8 @@ JSON fields (one record per preset x backend in "results"):
   plan_agreement                vs torch float32 on the same seeded problems (reachable goals):
                                 first_action_max_abs_diff (normalised action units), same_first_action
                                 (within 0.05), normalised_regret_max ((fp32-evaluated cost of this plan -
-                                cost of the fp32 plan) / cost of the zero-action plan, worst problem),
+                                cost of the fp32 plan) / cost of holding the last command, CEM's
+                                cold start, worst problem),
                                 costs / reference_costs (fp32-evaluated)
 """
 
@@ -267,7 +268,7 @@ def _run_worker(spec: dict, in_process: bool = False) -> dict:
 def _agreement(model, problems, plans, ref_plans) -> dict:
     """How close this backend's plans are to the fp32 reference's, judged by the fp32 model.
 
-    regret = (cost(plan) - cost(reference plan)) / cost(zero-action plan): the fraction of
+    regret = (cost(plan) - cost(reference plan)) / cost(holding the last command): the fraction of
     the improvement CEM achieves from its initial mean that this backend's choice gives up
     (negative: it found a better plan than the reference)."""
     import torch
@@ -275,7 +276,7 @@ def _agreement(model, problems, plans, ref_plans) -> dict:
     diffs, regrets, costs, ref_costs = [], [], [], []
     for prob, plan, ref in zip(problems, plans, ref_plans):
         diffs.append((torch.tensor(plan[0]) - torch.tensor(ref[0])).abs().max().item())
-        start = plan_cost(model, prob, [[0.0] * len(ref[0])] * len(ref))
+        start = plan_cost(model, prob, [prob["history_actions"][-1]] * len(ref))
         costs.append(plan_cost(model, prob, plan))
         ref_costs.append(plan_cost(model, prob, ref))
         regrets.append((costs[-1] - ref_costs[-1]) / max(start, 1e-12))

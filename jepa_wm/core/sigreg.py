@@ -47,18 +47,20 @@ def _global_mean(x: torch.Tensor, local_batch: int):
     return all_reduce(x * local_batch) / n, int(n.item())
 
 
-def sigreg(z: torch.Tensor, step: int = 0, num_directions: int = 1024, num_knots: int = 17, t_max: float = 3.0):
+def sigreg(z: torch.Tensor, step: int = 0, num_directions: int = 1024, num_knots: int = 17, t_max: float = 3.0,
+           global_batch: bool = True):
     """Epps-Pulley statistic of z (T, B, D) along random directions, averaged over frames and directions.
 
     Its null value (z ~ N(0, I)) is about the sum of the weights, ~1 independently of B;
-    departures from N(0, I) grow linearly with the (global) batch size.
+    departures from N(0, I) grow linearly with the (global) batch size. With `global_batch`
+    (training) every rank must call it: the statistics are averaged over all ranks' batches.
     """
     T, B, D = z.shape
     u = random_directions(D, num_directions, step, z.device, z.dtype)
     t, phi0, w = (x.to(z.dtype) for x in epps_pulley_weights(num_knots, t_max, z.device))
     x = (z @ u).unsqueeze(-1) * t  # (T, B, M, K)
     stats = torch.stack([x.cos().mean(1), x.sin().mean(1)])  # (2, T, M, K): empirical char. function
-    (C, S), n = _global_mean(stats, B)
+    (C, S), n = _global_mean(stats, B) if global_batch else (stats, B)
     return (n * (((C - phi0) ** 2 + S**2) * w).sum(-1)).mean()
 
 

@@ -131,7 +131,8 @@ def evaluate(model: WorldModel, train_set, val_set, batch_size: int = 64, max_cl
     probe = linear_probe_r2(frames_t, tj.flatten(0, 1), frames_v, vj.flatten(0, 1), per_target=True)
     return {
         "val_pred_error": float((vp - vz[:, 1:]).pow(2).mean()),
-        "val_sigreg": float(sigreg(vz.transpose(0, 1), step=0, num_directions=512)),
+        # Rank 0 alone evaluates: a collective here would wait forever for the other ranks.
+        "val_sigreg": float(sigreg(vz.transpose(0, 1), step=0, num_directions=512, global_batch=False)),
         "val_effective_rank": effective_rank(frames_v),
         "val_probe_r2": float(np.mean(probe)),
         # Per joint, because one well-seen joint can hide two that the latent ignores.
