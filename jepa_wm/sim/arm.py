@@ -12,6 +12,7 @@ surprise detection can be tested against known events.
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,14 @@ import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
 
 BUILTIN_SCENE = Path(__file__).resolve().parent / "assets" / "arm_push.xml"
+
+
+def _release_gl_context():
+    """Make no EGL context current in this thread, so that another thread can render next."""
+    if os.environ.get("MUJOCO_GL") == "egl":
+        from mujoco import egl
+
+        egl.EGL.eglMakeCurrent(egl.EGL_DISPLAY, egl.EGL.EGL_NO_SURFACE, egl.EGL.EGL_NO_SURFACE, egl.EGL.EGL_NO_CONTEXT)
 
 
 @dataclass
@@ -78,6 +87,7 @@ class ArmSim:
                           self.model.actuator_gainprm.copy(), self.model.actuator_biasprm.copy())
         self._default_armature = self.model.dof_armature.copy()
         self._renderer = mujoco.Renderer(self.model, cfg.height, cfg.width)
+        self._render_lock = threading.Lock()
         self._rng = np.random.default_rng(cfg.seed)
         self._blocked: dict[int, float] = {}
         self._frozen = self._occluded = False
@@ -329,8 +339,7 @@ class ArmSim:
         """The camera image, uint8 (H, W, 3) RGB, with the camera perturbations applied."""
         if self._frozen and self._last_image is not None:
             return self._last_image.copy()
-        self._renderer.update_scene(self.data, camera=self._camera)
-        img = self._renderer.render().copy()
+        img = self._draw(self.data)
         if self._occluded:
             h, w = img.shape[:2]
             img[h // 4:3 * h // 4, w // 4:3 * w // 4] = 40
@@ -344,8 +353,17 @@ class ArmSim:
         xy = self.object_xy() if object_xy is None else np.asarray(object_xy, float)
         self._set_state(d, self._check_joints(joint_pos), xy)
         mujoco.mj_forward(self.model, d)
-        self._renderer.update_scene(d, camera=self._camera)
-        return self._renderer.render().copy()
+        return self._draw(d)
+
+    def _draw(self, data) -> np.ndarray:
+        # One thread at a time, and the GL context released afterwards: an EGL context is current in
+        # one thread only, and a simulator node may render from an executor thread after the main
+        # thread drew a goal image.
+        with self._render_lock:
+            self._renderer.update_scene(data, camera=self._camera)
+            img = self._renderer.render().copy()
+            _release_gl_context()
+        return img
 
     # ------------------------------------------------------------------ perturbations (cleared by reset)
 
