@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from jepa_wm.backends.base import BackendUnavailable, EncoderBackend, PredictorBackend
-from jepa_wm.backends.onnx_export import read_manifest
+from jepa_wm.backends.onnx_export import read_manifest, sha256
 from jepa_wm.core.config import ModelConfig
 
 log = logging.getLogger("jepa_wm.backends.tensorrt")
@@ -65,19 +65,11 @@ class EngineSettings:
                              f"{self.batch_min}/{self.batch_opt}/{self.batch_max}")
 
 
-def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def engine_cache_key(onnx_path, trt_version: str, gpu_name: str, settings: EngineSettings | None = None) -> str:
     """Identity of an engine: the ONNX bytes, the TensorRT version, the GPU model and the build settings."""
     s = settings or EngineSettings()
     parts = {
-        "onnx_sha256": file_sha256(onnx_path),
+        "onnx_sha256": sha256(onnx_path),
         "tensorrt": str(trt_version),
         "gpu": str(gpu_name),
         "precision": s.precision,
@@ -192,7 +184,7 @@ def build_engine(onnx_path, engine_path, settings: EngineSettings | None = None,
     tmp.replace(engine_path)
     cache_file.write_bytes(bytes(config.get_timing_cache().serialize()))
     key_path(engine_path).write_text(json.dumps({
-        "key": key, "onnx": str(onnx_path), "onnx_sha256": file_sha256(onnx_path), "tensorrt": trt.__version__,
+        "key": key, "onnx": str(onnx_path), "onnx_sha256": sha256(onnx_path), "tensorrt": trt.__version__,
         "gpu": gpu, "settings": asdict(s),
     }, indent=2))
     return {"engine": str(engine_path), "key": key, "rebuilt": True, "reason": reason}

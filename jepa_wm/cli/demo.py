@@ -62,6 +62,7 @@ def run(args) -> int:
     from std_srvs.srv import SetBool, Trigger
     from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
+    from jepa_wm.eval.goals import collision_free_pose
     from jepa_wm.nodes.command_gate import CommandGate
     from jepa_wm.nodes.common import LATCHED_QOS, ParameterError, image_msg_from_rgb, vector_from_msg
     from jepa_wm.nodes.planner import Planner
@@ -173,10 +174,7 @@ def run(args) -> int:
         lo_m, hi_m = lo + 0.2 * (hi - lo), hi - 0.2 * (hi - lo)
 
         def new_goal():  # a pose the arm can take: clear of the table and the object
-            while True:
-                q = rng.uniform(lo_m, hi_m)
-                if sim.sim.collision_free(q, np.asarray(sim.obs.object_xy)):
-                    return q
+            return collision_free_pose(sim.sim, rng, lo_m, hi_m, np.asarray(sim.obs.object_xy))
 
         reached_goals = 0
         for i in range(args.goals):

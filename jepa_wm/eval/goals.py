@@ -41,12 +41,20 @@ class Episode:
     latent_dist: list = field(default_factory=list)  # latent distance to the goal before every step
 
 
-def make_tasks(sim, n: int, seed: int, margin: float = 0.15, push: bool = False) -> list[GoalTask]:
-    """n seeded start/goal pairs inside the joint limits (shrunk by `margin` of the range).
+def collision_free_pose(sim, rng, lo, hi, object_xy, tries: int = 1000) -> np.ndarray:
+    """A configuration drawn uniformly in [lo, hi] that touches neither table nor object.
 
-    Both configurations are collision-free (clear of the table and the object): a goal
-    image of an arm inside the table shows a pose no controller can reach.
+    A goal image of an arm inside the table shows a pose no controller can reach.
     """
+    for _ in range(tries):
+        q = rng.uniform(lo, hi)
+        if sim.collision_free(q, object_xy):
+            return q
+    raise RuntimeError(f"no collision-free configuration in {tries} draws between {lo} and {hi}")
+
+
+def make_tasks(sim, n: int, seed: int, margin: float = 0.15, push: bool = False) -> list[GoalTask]:
+    """n seeded, collision-free start/goal pairs inside the joint limits (shrunk by `margin` of the range)."""
     lo, hi = sim.joint_limits[:, 0], sim.joint_limits[:, 1]
     lo, hi = lo + margin * (hi - lo), hi - margin * (hi - lo)
     tasks = []
@@ -55,15 +63,8 @@ def make_tasks(sim, n: int, seed: int, margin: float = 0.15, push: bool = False)
         obs = sim.reset(seed=seed + i)
         obj = np.asarray(obs.object_xy, dtype=np.float64)
         goal_obj = obj + rng.uniform(-0.08, 0.08, 2) if push else obj
-
-        def pose(object_xy):
-            for _ in range(1000):
-                q = rng.uniform(lo, hi)
-                if sim.collision_free(q, object_xy):
-                    return q
-            raise RuntimeError(f"no collision-free configuration found for goal {i} (seed {seed + i})")
-
-        tasks.append(GoalTask(pose(obj), pose(goal_obj), obj, goal_obj))
+        start = collision_free_pose(sim, rng, lo, hi, obj)
+        tasks.append(GoalTask(start, collision_free_pose(sim, rng, lo, hi, goal_obj), obj, goal_obj))
     return tasks
 
 
