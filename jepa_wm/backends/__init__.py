@@ -26,7 +26,7 @@ BACKENDS = ("tensorrt", "onnxruntime", "torch")
 DEFAULT_CONFIG = {
     "order": list(BACKENDS),
     "onnx_dir": "models/onnx",
-    "torch": {"precision": "bfloat16", "split_batch": 2},
+    "torch": {"precision": "auto", "split_batch": 2},
     "onnxruntime": {"providers": ["CUDAExecutionProvider", "CPUExecutionProvider"], "intra_op_num_threads": 0},
     "tensorrt": {
         "model_file_path": "", "engine_file_path": "", "force_engine_update": False, "precision": "fp16",

@@ -49,7 +49,8 @@ FIRST_ACTION_TOL = 0.05
 def add_arguments(p):
     p.add_argument("--quick", action="store_true", help="tiny preset, small planner, one problem: a smoke run for tests")
     p.add_argument("--presets", default=None, help="comma list of model presets (default sim,lewm)")
-    p.add_argument("--backends", default=",".join(BACKENDS), help=f"comma list from {BACKENDS}")
+    p.add_argument("--backends", default=None,
+                   help=f"comma list from {BACKENDS} (default: all; torch-bf16 only where the CPU has bf16 instructions)")
     p.add_argument("--model", default=None, help="checkpoint for the sim preset (default models/sim.safetensors if present)")
     p.add_argument("--problems", type=int, default=None, help="seeded planning problems per config (default 3)")
     p.add_argument("--out", default="bench.json", help="JSON output path")
@@ -312,6 +313,7 @@ def run(args) -> int:
     from tqdm import tqdm
 
     from jepa_wm.backends.onnx_export import export_onnx
+    from jepa_wm.backends.torch_backend import bf16_is_fast
     from jepa_wm.core.config import PlannerConfig
 
     if args.worker:  # not used by the CLI; kept for symmetry with `python -m jepa_wm.cli.bench SPEC`
@@ -320,11 +322,16 @@ def run(args) -> int:
     threads = args.threads or os.cpu_count()
     torch.set_num_threads(threads)
     presets = (args.presets or ("tiny" if args.quick else "sim,lewm")).split(",")
-    wanted = [b.strip() for b in args.backends.split(",") if b.strip()]
+    wanted = [b.strip() for b in (args.backends or ",".join(BACKENDS)).split(",") if b.strip()]
     unknown = sorted(set(wanted) - set(BACKENDS))
     if unknown:
         print(f"error: unknown backend(s) {unknown}; choose from {BACKENDS}", file=sys.stderr)
         return 2
+    skipped = {}
+    if args.backends is None and not bf16_is_fast():
+        skipped["torch-bf16"] = ("this CPU has no bf16 instructions (AVX512-BF16 or AMX): emulated bf16 runs about "
+                                 "20x slower than fp32; pass --backends torch-bf16 to measure it anyway")
+        wanted.remove("torch-bf16")
     problems_n = args.problems or (1 if args.quick else 3)
     reps = 2 if args.quick else 5
     planner = (PlannerConfig(samples=32, iterations=3, elites=4, horizon=3, warm_iterations=2) if args.quick
@@ -333,7 +340,6 @@ def run(args) -> int:
     if args.quick:
         ship = {"samples": 16, "iterations": 2, "warm_iterations": 1, "elites": 4, "horizon": 3}
 
-    skipped = {}
     if "tensorrt" in wanted:
         from jepa_wm.backends import BackendUnavailable
         from jepa_wm.backends.tensorrt_backend import import_tensorrt

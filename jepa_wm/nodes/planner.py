@@ -101,7 +101,7 @@ class Planner(LifecycleNode):
             "seed": d("seed", 0, "planner random seed"),
             "torch_threads": d("torch_threads", 1, "torch CPU threads"),
             "backends": d("backends", ["torch"], "inference backends to try in order: tensorrt, onnxruntime, torch", kind="str[]"),
-            "precision": d("precision", "float32", "torch backend precision: float32 or bfloat16"),
+            "precision": d("precision", "float32", "torch backend precision: float32, bfloat16 or auto (bfloat16 where the CPU/GPU has it)"),
             "onnx_dir": d("onnx_dir", "", "exported ONNX directory for onnxruntime/tensorrt ('' = config/backends.yaml's)"),
             "debug_image": d("debug_image", True, "publish ~/debug_image"),
             "autostart": d("autostart", True, "configure and activate at start-up (no lifecycle manager needed)"),
@@ -112,7 +112,8 @@ class Planner(LifecycleNode):
         require(p["cost"] in ("l2", "l1"), "cost", f"is {p['cost']!r}; set 'l2' or 'l1'")
         known = ("tensorrt", "onnxruntime", "torch")
         require(p["backends"] and set(p["backends"]) <= set(known), "backends", f"is {p['backends']}; choose from {list(known)}")
-        require(p["precision"] in ("float32", "bfloat16"), "precision", f"is {p['precision']!r}; set float32 or bfloat16")
+        require(p["precision"] in ("float32", "bfloat16", "auto"), "precision",
+                f"is {p['precision']!r}; set float32, bfloat16 or auto")
         for k in ("samples", "iterations", "warm_iterations", "horizon", "torch_threads"):
             require(p[k] >= 1, k, f"is {p[k]}; it must be >= 1")
         require(2 <= p["elites"] <= p["samples"], "elites", f"is {p['elites']}; it must be in 2..samples ({p['samples']})")

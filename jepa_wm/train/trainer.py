@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
+from jepa_wm.backends.torch_backend import bf16_is_fast
 from jepa_wm.core.checkpoint import load_checkpoint, save_checkpoint
 from jepa_wm.core.config import ConfigError, dataclass_from_dict
 from jepa_wm.core.model import WorldModel, preprocess
@@ -39,7 +40,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     sigreg_weight: float = 0.1  # lambda
     sigreg_directions: int = 256
-    precision: str = "bf16"  # autocast dtype for the forward pass: "bf16" or "fp32"
+    precision: str = "auto"  # autocast dtype for the forward pass: "bf16", "fp32", or "auto" (bf16 where it is fast)
     val_every: int = 250
     log_every: int = 10
     seed: int = 0
@@ -47,8 +48,8 @@ class TrainConfig:
     workers: int = 0
 
     def __post_init__(self):
-        if self.precision not in ("bf16", "fp32"):
-            raise ConfigError(f"train precision {self.precision!r} must be 'bf16' or 'fp32'")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise ConfigError(f"train precision {self.precision!r} must be 'auto', 'bf16' or 'fp32'")
         for name in ("steps", "batch_size", "val_every", "log_every"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"train {name} must be positive, got {getattr(self, name)}")
@@ -172,7 +173,8 @@ def train(model: WorldModel, train_set, val_set, cfg: TrainConfig, out_dir, meta
                         drop_last=True, persistent_workers=cfg.workers > 0)
     if len(loader) == 0:
         raise ValueError(f"training set has {len(train_set)} clips: fewer than one batch of {cfg.batch_size} per rank")
-    amp = torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and bf16_is_fast(env.device))
+    amp = torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=bf16)
 
     if env.main:
         out.mkdir(parents=True, exist_ok=True)
