@@ -148,6 +148,7 @@ class ArmSim:
         self._ee_body = int(m.jnt_bodyid[jids[-1]])
         moved = {int(m.jnt_bodyid[j]) for j in jids}
         self._arm_bodies = {b for b in range(m.nbody) if self._ancestors(b) & moved}
+        self._arm_geom = np.isin(m.geom_bodyid, list(self._arm_bodies))
 
     def _ancestors(self, b) -> set[int]:
         chain = {b}
@@ -261,10 +262,10 @@ class ArmSim:
         d.qpos[:] = self.data.qpos
         xy = self.object_xy() if object_xy is None else np.asarray(object_xy, float)
         self._set_state(d, np.asarray(joint_pos, float), xy)
-        mujoco.mj_forward(self.model, d)
-        bodies = self.model.geom_bodyid
-        return not any(int(bodies[c.geom1]) in self._arm_bodies or int(bodies[c.geom2]) in self._arm_bodies
-                       for c in d.contact[:d.ncon])
+        # Geometry only (no dynamics): exploration calls this for every command of a candidate path.
+        mujoco.mj_kinematics(self.model, d)
+        mujoco.mj_collision(self.model, d)
+        return not self._arm_geom[d.contact.geom[:d.ncon]].any()
 
     def _set_state(self, data, q, object_xy):
         data.qpos[self._qpos] = q
