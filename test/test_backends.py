@@ -30,9 +30,9 @@ def randomised(preset="tiny", seed=0):
     return model
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    model = randomised()
+@pytest.fixture(scope="module", params=["tiny", "sim"])  # a ViT encoder, a keypoint (conv) encoder
+def exported(tmp_path_factory, request):
+    model = randomised(request.param)
     out = tmp_path_factory.mktemp("onnx")
     export_onnx(model, out, horizon=HORIZON)
     return model, out
@@ -100,6 +100,18 @@ def test_bf16_planner_chooses_the_fp32_plan_within_tolerance():
         fp32_cost, bf16_cost = cost(hist, hist_a, goal, ref.actions), cost(hist, hist_a, goal, low.actions)
         assert fp32_cost < 0.1 * start  # the problem is solved, so the comparison means something
         assert (bf16_cost - fp32_cost) / start <= 0.05
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_auto_precision_is_bf16_only_where_the_hardware_has_it(monkeypatch, fast):
+    # Emulated bf16 (a CPU without AVX512-BF16 or AMX) is about 20x slower than fp32.
+    import jepa_wm.backends.torch_backend as tb
+
+    monkeypatch.setattr(tb, "bf16_is_fast", lambda device="cpu": fast)
+    model = randomised()
+    expected = "bfloat16" if fast else "float32"
+    assert TorchEncoder(model, "auto").precision == expected
+    assert TorchPredictor(model, "auto").precision == expected
 
 
 def test_split_batch_rollout_gives_the_same_latents():

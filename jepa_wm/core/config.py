@@ -28,7 +28,8 @@ def dataclass_from_dict(cls, data: dict, where: str):
 class ModelConfig:
     """Sizes of the encoder, projector and action-conditioned predictor."""
 
-    # Encoder: a ViT over image_size x image_size RGB, CLS token as the latent.
+    # Encoder over image_size x image_size RGB: "vit" (CLS token) or "conv" (spatial soft-argmax keypoints).
+    encoder: str = "vit"
     image_size: int = 64
     patch_size: int = 8
     enc_dim: int = 128
@@ -57,6 +58,8 @@ class ModelConfig:
         bad = [n for n in positive if getattr(self, n) <= 0]
         if bad:
             raise ConfigError(f"ModelConfig: {', '.join(bad)} must be positive")
+        if self.encoder not in ("vit", "conv"):
+            raise ConfigError(f"ModelConfig: encoder {self.encoder!r} must be 'vit' or 'conv'")
         if self.image_size % self.patch_size:
             raise ConfigError(
                 f"ModelConfig: image_size {self.image_size} is not a multiple of patch_size {self.patch_size}"
@@ -98,8 +101,9 @@ PRESETS = {
         latent_dim=16, proj_hidden=64, pred_dim=32, pred_depth=2, pred_heads=2, pred_head_dim=16,
         pred_mlp_dim=64, dropout=0.0,
     ),
-    # The embedded simulator's model: trains in minutes on 2 CPU cores.
-    "sim": ModelConfig(),
+    # The embedded simulator's model: trains in minutes on 2 CPU cores. A ViT's CLS latent
+    # learned only the base yaw here; spatial soft-argmax keypoints learn every joint.
+    "sim": ModelConfig(encoder="conv", enc_dim=128),
     # LeWorldModel's published sizes (ViT-tiny 224/14, 6-block predictor of width 192).
     "lewm": ModelConfig(
         image_size=224, patch_size=14, enc_dim=192, enc_depth=12, enc_heads=3, enc_mlp_dim=768,

@@ -1,7 +1,12 @@
-"""The JEPA world model: a ViT encoder, projectors, and an action-conditioned predictor.
+"""The JEPA world model: an encoder, projectors, and an action-conditioned predictor.
 
-    frames --encoder--> CLS --projector--> z_t                     (latent, D = latent_dim)
+    frames --encoder--> features --projector--> z_t                (latent, D = latent_dim)
     (z_0..z_t, a_0..a_t) --predictor--> --pred_projector--> z_{t+1}
+
+The encoder is a ViT (its CLS token; LeWorldModel's choice, the `lewm` preset)
+or a small convolutional net whose features are spatial soft-argmax keypoints
+(the `sim` preset: on the simulator arm it learns every joint where the ViT's
+CLS learned only the base yaw).
 
 The predictor is a time-causal transformer: token i is the latent of frame i,
 conditioned on the action a_i taken after that frame through AdaLN-zero in
@@ -13,6 +18,7 @@ same numbers as recomputing the whole sequence (`predict`).
 
 from __future__ import annotations
 
+import math
 import threading
 
 import numpy as np
@@ -117,6 +123,41 @@ class ViTEncoder(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.norm(x[:, 0])
+
+
+class ConvEncoder(nn.Module):
+    """Convolutional trunk with a spatial soft-argmax head (deep spatial autoencoders, Levine et al. 2016).
+
+    Each of the enc_dim output channels becomes a keypoint: its expected image
+    coordinates under a softmax over positions, plus its log-sum-exp (how present
+    it is). Link positions are what joint angles are, so the latent gets them
+    as coordinates instead of having to discover them. Returns (B, 3 * enc_dim).
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        c = cfg.enc_dim
+        self.trunk = nn.Sequential(
+            nn.Conv2d(3, 32, 5, 2, 2), nn.GroupNorm(8, 32), nn.GELU(),
+            nn.Conv2d(32, 32, 3, 1, 1), nn.GroupNorm(8, 32), nn.GELU(),
+            nn.Conv2d(32, 64, 3, 2, 1), nn.GroupNorm(8, 64), nn.GELU(),
+            nn.Conv2d(64, 64, 3, 1, 1), nn.GroupNorm(8, 64), nn.GELU(),
+            nn.Conv2d(64, c, 1),
+        )
+        self.log_temperature = nn.Parameter(torch.zeros(()))
+        self.out_dim = 3 * c
+
+    def forward(self, pixels):
+        f = self.trunk(pixels)  # (B, C, h, w)
+        B, C, h, w = f.shape
+        logits = (f * self.log_temperature.exp()).flatten(2)  # (B, C, h*w)
+        attn = logits.softmax(-1).view(B, C, h, w)
+        ys = torch.linspace(-1.0, 1.0, h, device=f.device, dtype=f.dtype)
+        xs = torch.linspace(-1.0, 1.0, w, device=f.device, dtype=f.dtype)
+        x = (attn.sum(2) * xs).sum(-1)
+        y = (attn.sum(3) * ys).sum(-1)
+        presence = logits.logsumexp(-1) - math.log(h * w)
+        return torch.cat([x, y, presence], dim=-1)
 
 
 # ----------------------------------------------------------------------------- predictor
@@ -325,8 +366,8 @@ class WorldModel(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.encoder = ViTEncoder(cfg)
-        self.projector = Projector(cfg.enc_dim, cfg.proj_hidden, cfg.latent_dim)
+        self.encoder = ConvEncoder(cfg) if cfg.encoder == "conv" else ViTEncoder(cfg)
+        self.projector = Projector(getattr(self.encoder, "out_dim", cfg.enc_dim), cfg.proj_hidden, cfg.latent_dim)
         self.predictor = Predictor(cfg)
         self.pred_projector = Projector(cfg.latent_dim, cfg.proj_hidden, cfg.latent_dim)
         # Per-joint action normalisation, fitted on the training data and saved with the weights.
