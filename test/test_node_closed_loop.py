@@ -2,10 +2,10 @@
 then an occluded camera trips the protective stop and the gate holds the arm.
 
 The monitor runs with an explicit threshold (one frame above 80 on the
-normalised score; nominal planning scores about 3 to 25 here, the occlusion's
-first frame about 150) instead of the checkpoint's calibration: the shipped
-model's calibrated threshold misses most injected events (models/README.md),
-and this test checks the graph, not the model.
+normalised score) instead of the checkpoint's calibration: the calibrated
+threshold is set by rare nominal spikes (a puck sliding after a push) and
+trips on an occlusion only after several frames (models/README.md); this
+test checks the graph, not the model.
 
 Needs the shipped, trained checkpoint (models/sim.safetensors); a random model
 cannot reach goals, so without one this test skips and says so.
@@ -78,7 +78,7 @@ def test_plans_towards_a_goal_then_stops_on_surprise(ros, start_node):
     reached = ros.spin_until(lambda: np.abs(q[0] - goal).max() < TOLERANCE or stop[0], 20)
     err = np.abs(q[0] - goal).max()
     assert not stop[0], f"false protective stop on a nominal run:\n{procs[2].output[-3000:]}"
-    assert len(scores) >= 10, f"the monitor scored {len(scores)} predictions:\n{procs[2].output[-3000:]}"
+    assert ros.spin_until(lambda: len(scores) >= 10, 10), f"the monitor scored {len(scores)} predictions:\n{procs[2].output[-3000:]}"
 
     # Surprise: something covers the lens; the monitor must stop the arm within a few frames.
     t0 = time.monotonic()
@@ -92,5 +92,4 @@ def test_plans_towards_a_goal_then_stops_on_surprise(ros, start_node):
     n = len(out)
     ros.spin_for(1.0)
     assert len(out) - n <= 0, "the gate forwards nothing after the stop"
-    if not reached:  # reported, not hidden: see models/README.md for what the shipped model lacks
-        pytest.xfail(f"goal not reached: max joint error {err:.3f} rad (start {np.abs(q_start - goal).max():.3f})")
+    assert reached, f"goal not reached: max joint error {err:.3f} rad (start {np.abs(q_start - goal).max():.3f})"
