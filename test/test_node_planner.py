@@ -60,7 +60,7 @@ def _up(ros, start_node, ckpt, **over):
 
 
 def test_plans_executable_trajectories_with_stamped_latents(ros, start_node, tiny_checkpoint):
-    node, rig = _up(ros, start_node, tiny_checkpoint)
+    node, rig = _up(ros, start_node, tiny_checkpoint, horizon=3)  # a multi-point trajectory (the shipped horizon is 1)
     rig.frame()
     res = ros.call(Trigger, "/planner/capture_goal", Trigger.Request())
     assert res.success, res.message
