@@ -13,12 +13,14 @@ FIELDS = [
 
 def test_quick_bench_writes_the_documented_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert main(["bench", "--quick", "--out", str(out), "--backends", "torch-fp32,torch-bf16,onnxruntime,tensorrt"]) == 0
+    assert main(["bench", "--quick", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["machine"]["matmul_gflops"]["float32"] > 0 and report["machine"]["matmul_gflops"]["bfloat16"] > 0
     got = {r["backend"]: r for r in report["results"]}
-    assert {"torch-fp32", "torch-bf16", "onnxruntime"} <= set(got)
-    assert "tensorrt" in got or "tensorrt" in report["skipped"]  # measured with a GPU, else the reason
+    assert {"torch-fp32", "onnxruntime"} <= set(got)
+    # Measured where the hardware has them, else skipped with the reason (bf16 is emulated on AVX2-only CPUs).
+    for backend in ("torch-bf16", "tensorrt"):
+        assert backend in got or report["skipped"][backend], backend
     for r in report["results"]:
         missing = [f for f in FIELDS if f not in r]
         assert not missing, f"{r['backend']} lacks {missing}"

@@ -34,8 +34,8 @@ def resolve_precision(precision: str, device="cpu") -> str:
     return precision
 
 
-def _dtype(precision: str) -> torch.dtype:
-    precision = resolve_precision(precision)
+def _dtype(precision: str, device="cpu") -> torch.dtype:
+    precision = resolve_precision(precision, device)
     if precision not in DTYPES:
         raise ValueError(f"torch backend precision {precision!r}: choose auto, float32 or bfloat16")
     return DTYPES[precision]
@@ -51,7 +51,7 @@ class TorchEncoder(EncoderBackend):
 
     def __init__(self, model, precision: str = "float32"):
         super().__init__(model.cfg)
-        self.dtype = _dtype(precision)
+        self.dtype = _dtype(precision, next(model.parameters()).device)
         self.precision = str(self.dtype).removeprefix("torch.")
         self.model = _copy_as(model, self.dtype).eval()
 
@@ -71,7 +71,7 @@ class TorchPredictor(PredictorBackend):
 
     def __init__(self, model, precision: str = "float32", split_batch: int = 1):
         super().__init__(model.cfg)
-        self.dtype = _dtype(precision)
+        self.dtype = _dtype(precision, next(model.parameters()).device)
         self.precision = str(self.dtype).removeprefix("torch.")
         self.model = _copy_as(model, self.dtype).eval()
         self.split_batch = max(1, int(split_batch))

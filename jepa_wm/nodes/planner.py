@@ -96,7 +96,7 @@ class Planner(LifecycleNode):
             "iterations": d("iterations", 8, "CEM iterations from a cold start"),
             "warm_iterations": d("warm_iterations", 3, "CEM iterations when warm-started"),
             "elites": d("elites", 8, "CEM elites"),
-            "horizon": d("horizon", 3, "planning horizon (latent steps)"),
+            "horizon": d("horizon", 1, "planning horizon (latent steps)"),
             "cost": d("cost", "l2", "goal cost: 'l2' or 'l1'"),
             "seed": d("seed", 0, "planner random seed"),
             "torch_threads": d("torch_threads", 1, "torch CPU threads"),

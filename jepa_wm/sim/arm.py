@@ -147,8 +147,8 @@ class ArmSim:
         self._ee_site = sites.index(site) if site else None
         self._ee_body = int(m.jnt_bodyid[jids[-1]])
         moved = {int(m.jnt_bodyid[j]) for j in jids}
-        self._arm_bodies = {b for b in range(m.nbody) if self._ancestors(b) & moved}
-        self._arm_geom = np.isin(m.geom_bodyid, list(self._arm_bodies))
+        arm_bodies = [b for b in range(m.nbody) if self._ancestors(b) & moved]
+        self._arm_geom = np.isin(m.geom_bodyid, arm_bodies)  # per geom: part of the arm
 
     def _ancestors(self, b) -> set[int]:
         chain = {b}

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
-from jepa_wm.backends.torch_backend import bf16_is_fast
+from jepa_wm.backends.torch_backend import DTYPES, resolve_precision
 from jepa_wm.core.checkpoint import load_checkpoint, save_checkpoint
 from jepa_wm.core.config import ConfigError, dataclass_from_dict
 from jepa_wm.core.model import WorldModel, preprocess
@@ -173,7 +173,7 @@ def train(model: WorldModel, train_set, val_set, cfg: TrainConfig, out_dir, meta
                         drop_last=True, persistent_workers=cfg.workers > 0)
     if len(loader) == 0:
         raise ValueError(f"training set has {len(train_set)} clips: fewer than one batch of {cfg.batch_size} per rank")
-    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and bf16_is_fast(env.device))
+    bf16 = DTYPES[resolve_precision(cfg.precision, env.device)] == torch.bfloat16
     amp = torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=bf16)
 
     if env.main:
