@@ -1,8 +1,9 @@
-"""Launch files and parameter files, checked without `launch` installed (always runs).
+"""Launch files, parameter files and the installed layout, checked without `launch` installed (always runs).
 
 Each launch file must compile, name only executables shipped in scripts/ and
 config files that exist; each config file must be a ROS params file whose
-parameters are exactly the ones its node declares (every default lives there).
+parameters are exactly the ones its node declares (every default lives there);
+`pip install .` must ship every module folder.
 """
 
 import ast
@@ -85,3 +86,13 @@ def test_node_scripts_are_tiny_executables_of_node_mains():
         assert text.startswith("#!/usr/bin/env python3"), script.name
         assert f"from jepa_wm.nodes.{script.name} import main" in text, script.name
         assert script.stat().st_mode & 0o111, f"{script.name} is not executable"
+
+
+def test_pip_install_ships_every_module_folder():
+    # A folder without __init__.py is importable from a checkout but missing from `pip install .`
+    # (jepa_wm/train once was: `jepa-wm train` worked in the tests and failed for users).
+    from setuptools import find_packages
+
+    shipped = set(find_packages(str(ROOT), include=["jepa_wm", "jepa_wm.*"]))
+    folders = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "jepa_wm").rglob("*.py")}
+    assert folders <= shipped, f"not installed by pip: {sorted(folders - shipped)} (add an __init__.py)"
