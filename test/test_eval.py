@@ -9,8 +9,10 @@ pytest.importorskip("mujoco", reason="the embedded simulator needs mujoco")
 
 from jepa_wm.cli import main as cli  # noqa: E402
 from jepa_wm.eval import goals  # noqa: E402
+from jepa_wm.eval import surprise_events  # noqa: E402
 from jepa_wm.eval.surprise_events import auroc  # noqa: E402
 from jepa_wm.sim.arm import ArmSim, SimConfig  # noqa: E402
+from jepa_wm.sim.explore import ExplorationPolicy  # noqa: E402
 
 
 def test_goal_set_is_seeded_reachable_and_inside_the_limits():
@@ -30,6 +32,33 @@ def test_auroc_means_what_it_says():
     assert auroc([1, 1], [1, 1]) == 0.5
 
 
+class HoldStill:
+    def reset(self, seed):
+        pass
+
+    def act(self, obs):
+        return obs.joint_pos
+
+
+def test_events_count_from_the_first_frame_that_shows_them():
+    sim = ArmSim(SimConfig())
+    policy = ExplorationPolicy(sim)
+    frames, _, onset = surprise_events.record(sim, policy, 40, seed=3, kind="frozen_camera", start=10)
+    sim.reset()
+    # A frozen camera repeats the frame before the freeze; it shows once the arm has moved.
+    assert all(np.array_equal(f, frames[9]) for f in frames[10:])
+    assert onset >= 10
+    # A jammed joint shows once it is asked to move: never, under a policy that holds the arm still.
+    _, _, onset = surprise_events.record(sim, HoldStill(), 20, seed=3, kind="blocked_joint", start=5)
+    sim.reset()
+    assert onset == -1
+    _, _, onset = surprise_events.record(sim, policy, 40, seed=3, kind="teleport", start=10)
+    sim.reset()
+    assert onset == 10
+    _, _, onset = surprise_events.record(sim, policy, 40, seed=3)
+    assert onset == -1
+
+
 def test_eval_writes_the_report_and_the_plots(tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "eval"
     assert cli(["eval", "--model", str(tiny_checkpoint), "--goals", "2", "--budget", "4",
@@ -43,7 +72,9 @@ def test_eval_writes_the_report_and_the_plots(tiny_checkpoint, tmp_path, capsys)
     s = report["surprise"]
     assert s["nominal_episodes"] == 2 and s["nominal_prediction_error"] > 0
     for kind in ("teleport", "blocked_joint", "frozen_camera"):
-        assert 0.0 <= s[kind]["auroc"] <= 1.0 and s[kind]["episodes"] == 2
+        assert s[kind]["episodes"] + s[kind]["never_visible"] == 2
+        assert s[kind]["episodes"] == 0 or 0.0 <= s[kind]["auroc"] <= 1.0
+    assert s["teleport"]["episodes"] == 2  # a jump is visible at once
     for png in ("reach_filmstrip.png", "reach_errors.png", "surprise.png"):
         assert (out / png).stat().st_size > 5_000
     printed = capsys.readouterr().out

@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
-from jepa_wm.core.surprise import SurpriseDetector, calibrate, detect_offline, surprise_score
+from jepa_wm.core.surprise import (
+    SurpriseDetector, calibrate, detect_offline, fit_whitening, residual_error, surprise_score,
+)
 
 
 def nominal_errors(rng, n):
@@ -62,3 +64,21 @@ def test_false_trip_rate_matches_the_quantile():
     assert 0.04 < cal.false_trip_rate < 0.06
     with pytest.raises(ValueError, match="at least 20"):
         calibrate([0.1] * 5)
+
+
+def test_whitened_score_sees_a_shift_along_a_quiet_direction():
+    # Nominal residuals: large along the first latent direction (an object sliding), tiny along the rest.
+    rng = np.random.default_rng(2)
+    nominal = rng.normal(size=(4000, 8)) * np.array([1.0] + [0.05] * 7)
+    w = fit_whitening(nominal)
+    cal_plain = calibrate(residual_error(nominal), quantile=1.0, margin=1.2, consecutive=1)
+    cal_white = calibrate(residual_error(nominal, w), quantile=1.0, margin=1.2, consecutive=1, whitening=w)
+    assert cal_white.whitening is not None and len(cal_white.whitening) == 8
+    jam = np.zeros(8)
+    jam[3] = 0.5  # ten nominal standard deviations along a quiet direction
+    assert surprise_score(jam, np.zeros(8), cal_plain.scale) < cal_plain.threshold  # lost in the object's noise
+    assert surprise_score(jam, np.zeros(8), cal_white.scale, cal_white.whitening) > cal_white.threshold
+    with pytest.raises(ValueError, match="at least 16 nominal frames"):
+        fit_whitening(nominal[:10])
+    with pytest.raises(ValueError, match="latent dimension 7"):
+        surprise_score(np.zeros(7), np.zeros(7), 1.0, w)

@@ -74,23 +74,22 @@ def run(args) -> int:
         # The threshold the surprise monitor deploys: the checkpoint's own calibration.
         if "surprise" in meta:
             cal = SurpriseCalibration.from_dict(meta["surprise"])
-            test_runs = [surprise_events.record(sim, policy, steps, args.seed + 500 + i) for i in range(n)]
+            test_runs = [surprise_events.record(sim, policy, steps, args.seed + 500 + i)[:2] for i in range(n)]
         else:
-            runs = [surprise_events.record(sim, policy, steps, args.seed + 500 + i) for i in range(2 * n)]
+            runs = [surprise_events.record(sim, policy, steps, args.seed + 500 + i)[:2] for i in range(2 * n)]
             cal = calibrate_model(model, [Episode(f, a, None, None, "eval") for f, a in runs[:n]])
             test_runs = runs[n:]
-        nominal = [surprise_events.EventEpisode("nominal", -1, surprise_events.episode_scores(model, f, a, cal.scale))
+        nominal = [surprise_events.EventEpisode("nominal", -1, surprise_events.episode_scores(model, f, a, cal))
                    for f, a in test_runs]
         events = []
         for kind in surprise_events.EVENTS:
             for i in tqdm(range(n), desc=f"surprise: {kind}"):
-                onset = 15 + i % 10
-                f, a = surprise_events.record(sim, policy, steps, args.seed + 900 + i, kind, onset)
+                f, a, onset = surprise_events.record(sim, policy, steps, args.seed + 900 + i, kind, 15 + i % 10)
                 sim.reset()  # clear the perturbation
-                events.append(surprise_events.EventEpisode(kind, onset,
-                                                           surprise_events.episode_scores(model, f, a, cal.scale)))
-        nominal_error = float(np.mean(np.concatenate([e.scores for e in nominal])) * cal.scale)
-        report["surprise"] = {"calibration": cal.to_dict(), "nominal_prediction_error": nominal_error,
+                events.append(surprise_events.EventEpisode(kind, onset, surprise_events.episode_scores(model, f, a, cal)))
+        nominal_error = float(np.mean([surprise_events.episode_errors(model, f, a).mean() for f, a in test_runs]))
+        calibration = {k: v for k, v in cal.to_dict().items() if k != "whitening"} | {"whitened": cal.whitening is not None}
+        report["surprise"] = {"calibration": calibration, "nominal_prediction_error": nominal_error,
                               **surprise_events.summarise(nominal, events, cal),
                               "seconds": round(time.time() - t0, 1)}
         plots.surprise_traces(nominal, events, cal, out / "surprise.png")
@@ -99,8 +98,12 @@ def run(args) -> int:
         print(f"surprise: threshold {cal.threshold:.2f}, stops on nominal episodes {s['nominal_stops']}/{s['nominal_episodes']}")
         for kind in surprise_events.EVENTS:
             e = s[kind]
-            print(f"  {kind}: AUROC {e['auroc']:.3f}, detected {e['detected']:.0%}, frames to detect median "
-                  f"{e['frames_to_detect_median']:.0f} max {e['frames_to_detect_max']:.0f}")
+            if not e["episodes"]:
+                print(f"  {kind}: never visible in {n} episodes")
+                continue
+            print(f"  {kind}: AUROC {e['auroc']:.3f}, detected within 2 frames {e['detected_within_2']:.0%}, at all "
+                  f"{e['detected']:.0%}, frames to detect median {e['frames_to_detect_median']:.0f} "
+                  f"max {e['frames_to_detect_max']:.0f} ({e['never_visible']} of {n} never visible)")
 
     (out / "report.json").write_text(json.dumps(report, indent=2, default=float))
     print(f"wrote {out / 'report.json'} and plots in {out}")

@@ -53,10 +53,10 @@ def surprise_traces(nominal, events, cal, png):
         axes[0].plot(e.scores, color="C0", alpha=0.3, lw=0.8)
     axes[0].set_title("nominal")
     for ax, kind in zip(axes[1:], kinds):
-        for e in (e for e in events if e.kind == kind):
+        for e in (e for e in events if e.kind == kind and e.onset > 0):
             ax.plot(np.arange(len(e.scores)) - (e.onset - 1), e.scores, color="C3", alpha=0.3, lw=0.8)
         ax.axvline(0, color="k", lw=1)
-        ax.set_title(f"{kind} (onset at 0)")
+        ax.set_title(f"{kind} (visible from 0)")
     for ax in axes:
         ax.axhline(cal.threshold, color="k", ls="--", lw=1)
         ax.set_yscale("log"), ax.set_xlabel("frame"), ax.grid(alpha=0.3)

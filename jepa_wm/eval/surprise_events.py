@@ -4,6 +4,11 @@ Each episode runs the exploration policy; at a seeded step an event starts:
 - teleport: the object jumps to another place (a one-frame discontinuity);
 - blocked_joint: a joint stops following its commands;
 - frozen_camera: the camera keeps sending the same frame while the arm moves.
+An event counts from the first frame in which it is visible: a jammed joint
+that is not asked to move, or a frozen camera looking at an arm at rest, looks
+exactly like a working one. Blocked: the command for that joint has moved more
+than VISIBLE rad from where it jammed; frozen: some joint has moved more than
+VISIBLE rad since the last real frame; teleport: at once.
 Scores are the online ones: the latent predicted for a frame from the last
 `history` frames and the commands actually sent, against the latent observed.
 """
@@ -20,47 +25,59 @@ from jepa_wm.core.surprise import SurpriseCalibration, SurpriseDetector
 from jepa_wm.train.calibration import episode_errors
 
 EVENTS = ("teleport", "blocked_joint", "frozen_camera")
+VISIBLE = 0.05  # rad
 
 
 @dataclass
 class EventEpisode:
     kind: str  # "nominal" or one of EVENTS
-    onset: int  # frame index at which the event is first visible (-1 for nominal)
+    onset: int  # frame index at which the event is first visible (-1: nominal, or never visible)
     scores: np.ndarray  # normalised surprise of frames 1..T-1 (index i scores frame i+1)
 
 
 def inject(sim, kind: str, rng):
+    """Start the event; returns visible(obs, action) -> bool for the frame that action leads to."""
+    q0 = sim.joint_state()[0].copy()
     if kind == "teleport":
         xy = np.asarray(sim.object_xy())
         sim.teleport_object(xy + rng.choice([-1, 1], 2) * rng.uniform(0.06, 0.12, 2))
-    elif kind == "blocked_joint":
-        sim.block_joint(int(rng.integers(sim.n_joints)), True)
-    elif kind == "frozen_camera":
+        return lambda obs, action: True
+    if kind == "blocked_joint":
+        j = int(rng.integers(sim.n_joints))
+        sim.block_joint(j, True)
+        return lambda obs, action: abs(action[j] - q0[j]) > VISIBLE
+    if kind == "frozen_camera":
         sim.freeze_camera(True)
-    else:
-        raise ValueError(f"unknown event {kind!r}; choose from {EVENTS}")
+        return lambda obs, action: np.abs(obs.joint_pos - q0).max() > VISIBLE
+    raise ValueError(f"unknown event {kind!r}; choose from {EVENTS}")
 
 
-def record(sim, policy, steps: int, seed: int, kind: str = "nominal", onset: int = -1):
-    """Frames and commands of one episode; the event (if any) is injected before step `onset` executes."""
+def record(sim, policy, steps: int, seed: int, kind: str = "nominal", start: int = -1):
+    """Frames, commands and visible onset of one episode; the event is injected before step `start` executes.
+
+    The onset is the index of the first frame in which the event is visible (-1 for nominal episodes
+    and for events that never became visible).
+    """
     rng = np.random.default_rng(seed)
     obs = sim.reset(seed=seed)
     policy.reset(seed)
-    frames, actions = [obs.image], []
+    frames, actions, visible, onset = [obs.image], [], None, -1
     for t in range(steps - 1):
-        if t == onset - 1 and kind != "nominal":
-            inject(sim, kind, rng)
+        if t == start - 1 and kind != "nominal":
+            visible = inject(sim, kind, rng)
         action = policy.act(obs)
         obs = sim.step(action)
         frames.append(obs.image)
         actions.append(action)
+        if visible is not None and onset < 0 and visible(obs, action):
+            onset = t + 1
     actions.append(actions[-1])
-    return np.stack(frames), np.asarray(actions, np.float32)
+    return np.stack(frames), np.asarray(actions, np.float32), onset
 
 
 @torch.no_grad()
-def episode_scores(model: WorldModel, frames, actions, scale: float) -> np.ndarray:
-    return episode_errors(model, frames, actions) / scale
+def episode_scores(model: WorldModel, frames, actions, cal: SurpriseCalibration) -> np.ndarray:
+    return episode_errors(model, frames, actions, cal.whitening) / cal.scale
 
 
 def auroc(negatives, positives) -> float:
@@ -71,19 +88,31 @@ def auroc(negatives, positives) -> float:
     return float((below + 0.5 * equal).sum() / (len(neg) * len(pos)))
 
 
+def window_max(scores, window: int) -> np.ndarray:
+    """Largest score of every `window` consecutive frames."""
+    s = np.asarray(scores)
+    return np.lib.stride_tricks.sliding_window_view(s, window).max(-1) if len(s) >= window else s[:0]
+
+
 def summarise(nominal: list[EventEpisode], events: list[EventEpisode], cal: SurpriseCalibration, window: int = 2):
-    """Per event: AUROC (event frames vs nominal frames), frames to detect, detection rate; and nominal stops."""
-    negatives = np.concatenate([e.scores for e in nominal])
-    report = {"nominal_stops": 0, "nominal_episodes": len(nominal)}
+    """Per event: AUROC, frames to detect, detection rate; and stops on nominal episodes.
+
+    AUROC separates what a stop within `window` frames has to act on: the
+    largest score in the first `window` frames of each event against the
+    largest score of every `window` consecutive nominal frames.
+    """
+    negatives = np.concatenate([window_max(e.scores, window) for e in nominal])
+    report = {"nominal_stops": 0, "nominal_episodes": len(nominal), "window": window}
     for e in nominal:
         det = SurpriseDetector(cal.threshold, cal.consecutive, cal.instant)
         report["nominal_stops"] += any(det.update(s) for s in e.scores)
     for kind in EVENTS:
-        eps = [e for e in events if e.kind == kind]
+        eps = [e for e in events if e.kind == kind and e.onset > 0]
+        never = sum(e.kind == kind and e.onset < 0 for e in events)
         if not eps:
+            report[kind] = {"episodes": 0, "never_visible": never}
             continue
-        # The first `window` frames after onset: the frames a stop within 2 frames must act on.
-        positives = np.concatenate([e.scores[e.onset - 1: e.onset - 1 + window] for e in eps])
+        positives = [e.scores[e.onset - 1: e.onset - 1 + window].max() for e in eps]
         delays = []
         for e in eps:
             det = SurpriseDetector(cal.threshold, cal.consecutive, cal.instant)
@@ -96,6 +125,8 @@ def summarise(nominal: list[EventEpisode], events: list[EventEpisode], cal: Surp
             "detected": float(np.isfinite(delays).mean()),
             "frames_to_detect_median": float(np.median(delays)),
             "frames_to_detect_max": float(delays.max()),
+            f"detected_within_{window}": float((delays <= window).mean()),
             "episodes": len(eps),
+            "never_visible": never,
         }
     return report

@@ -8,7 +8,8 @@ it planned from; the monitor scores that prediction against its own latent of
 the frame `prediction_dt` seconds later (within `match_tolerance`).
 
 Scores are normalised by the checkpoint's calibration (`meta["surprise"]`:
-scale, threshold, consecutive), or the parameters when set; a
+scale, threshold, consecutive, and the whitening that makes the score a
+Mahalanobis distance), or the parameters when set; a
 SurpriseDetector trips after `consecutive` frames over the threshold. A trip,
 a camera silent for `camera_timeout`, or (while the gate forwards autonomy)
 predictions silent for `prediction_timeout` latch a protective stop: True on
@@ -62,6 +63,7 @@ class SurpriseMonitor(Node):
         self.last_frame_ns: int | None = None  # receipt time
         self.last_prediction_ns: int | None = None
         self.autonomy_since_ns: int | None = None  # gate forwarding autonomy since
+        self.autonomy_after_frame = -1  # stamp of the newest frame when autonomy began
         self.last_score = float("nan")
         self.scored = 0
         self.bad_frames = 0
@@ -82,7 +84,7 @@ class SurpriseMonitor(Node):
         self.get_logger().info(
             f"monitor up: camera '{p['camera_topic']}' (+/compressed), predictions '{p['predicted_topic']}', "
             f"threshold {self.threshold:.3g} x{self.consecutive} frames (instant {self.instant:g}x), scale {self.scale:.3g}, "
-            f"stop latch '{p['stop_topic']}'"
+            f"{'whitened' if self.whitening is not None else 'plain squared'} error, stop latch '{p['stop_topic']}'"
         )
 
     # ------------------------------------------------------------------ set-up
@@ -135,6 +137,7 @@ class SurpriseMonitor(Node):
         self.threshold = p["threshold"] or float(cal.get("threshold", 0.0))
         self.consecutive = p["consecutive"] or int(cal.get("consecutive", 2))
         self.instant = p["instant"] or float(cal.get("instant", 3.0))
+        self.whitening = cal.get("whitening")  # the score's metric comes with the checkpoint's calibration
         require(self.instant >= 1, "instant", f"is {self.instant}; it must be >= 1")
         require(self.scale > 0, "scale", f"is unset and checkpoint {p['model']} has no surprise calibration: set scale")
         require(self.threshold > 0, "threshold",
@@ -190,6 +193,8 @@ class SurpriseMonitor(Node):
             return
         if mode == "autonomy" and self.autonomy_since_ns is None:
             self.autonomy_since_ns = self._now()
+            # What followed older frames was a hold or teleop, not the planner's command: do not score it.
+            self.autonomy_after_frame = next(reversed(self.observed)) if self.observed else -1
         elif mode != "autonomy":
             self.autonomy_since_ns = None
 
@@ -204,20 +209,23 @@ class SurpriseMonitor(Node):
             target = src + dt
             frame = min(self.observed, key=lambda t: abs(t - target), default=None)
             if frame is not None and abs(frame - target) <= tol:
-                self._score(frame, self.predictions.pop(src), self.observed[frame])
+                self._score(frame, src, self.predictions.pop(src), self.observed[frame])
             elif newest is not None and newest > target + tol:
                 self.predictions.pop(src)  # its frame never came (dropped): not scored
 
-    def _score(self, stamp: int, predicted, observed):
+    def _score(self, stamp: int, source: int, predicted, observed):
         from jepa_wm.core.surprise import surprise_score
 
-        if self.p["score_only_in_autonomy"] and self.autonomy_since_ns is None:
-            self.detector.reset()
-            return
+        if self.p["score_only_in_autonomy"]:
+            if self.autonomy_since_ns is None:
+                self.detector.reset()
+                return
+            if source <= self.autonomy_after_frame:
+                return
         if predicted.shape != observed.shape:
             score = float("inf")
         else:
-            score = float(surprise_score(predicted, observed, self.scale))
+            score = float(surprise_score(predicted, observed, self.scale, self.whitening))
         self.last_score, self.scored = score, self.scored + 1
         tripped = self.detector.update(score)
         from builtin_interfaces.msg import Time
@@ -275,7 +283,8 @@ class SurpriseMonitor(Node):
             st.level, st.message = DiagnosticStatus.OK, "monitoring"
         st.values = [KeyValue(key=k, value=str(v)) for k, v in (
             ("stopped", self.stopped), ("last_score", f"{self.last_score:.4g}"), ("threshold", self.threshold),
-            ("consecutive", self.consecutive), ("scale", self.scale), ("scored_frames", self.scored),
+            ("consecutive", self.consecutive), ("scale", self.scale),
+            ("whitened", self.whitening is not None), ("scored_frames", self.scored),
             ("trips", self.trips), ("malformed_frames", self.bad_frames),
         )]
         arr = DiagnosticArray(status=[st])

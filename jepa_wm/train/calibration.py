@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from jepa_wm.core.model import WorldModel, preprocess
-from jepa_wm.core.surprise import SurpriseCalibration, calibrate, prediction_error
+from jepa_wm.core.surprise import SurpriseCalibration, calibrate, fit_whitening, residual_error
 
 
 @torch.no_grad()
@@ -42,15 +42,27 @@ def one_step_predictions(model: WorldModel, latents: torch.Tensor, actions: torc
     return torch.stack(preds) if preds else latents[:0]
 
 
-def episode_errors(model: WorldModel, frames, actions) -> np.ndarray:
-    """Per-frame prediction errors (T'-1,) of one episode at the model's frameskip."""
+def episode_residuals(model: WorldModel, frames, actions) -> np.ndarray:
+    """Per-frame prediction residuals (T'-1, D), predicted minus observed, at the model's frameskip."""
     frames, blocks = latent_steps(model, frames, actions)
     z = encode_frames(model, frames)
-    pred = one_step_predictions(model, z, model.normalize_actions(torch.from_numpy(blocks)))
-    return prediction_error(pred, z[1:])
+    return (one_step_predictions(model, z, model.normalize_actions(torch.from_numpy(blocks))) - z[1:]).numpy()
 
 
-def calibrate_model(model: WorldModel, episodes, quantile=0.999, margin=1.5, consecutive=2) -> SurpriseCalibration:
-    """Surprise calibration on nominal episodes (objects with .frames and .actions)."""
-    errors = [episode_errors(model, ep.frames, ep.actions) for ep in episodes]
-    return calibrate(np.concatenate(errors), quantile, margin, consecutive, [len(e) for e in errors])
+def episode_errors(model: WorldModel, frames, actions, whitening=None) -> np.ndarray:
+    """Per-frame prediction errors (T'-1,) of one episode, whitened if a matrix is given."""
+    return residual_error(episode_residuals(model, frames, actions), whitening)
+
+
+def calibrate_model(model: WorldModel, episodes, quantile=0.999, margin=1.5, consecutive=2,
+                    whiten: bool = False) -> SurpriseCalibration:
+    """Surprise calibration on nominal episodes (objects with .frames and .actions).
+
+    With `whiten`, scores are Mahalanobis distances when there are enough
+    frames for a covariance (2 x the latent dimension), else plain squared errors.
+    """
+    residuals = [episode_residuals(model, ep.frames, ep.actions) for ep in episodes]
+    stacked = np.concatenate(residuals)
+    w = fit_whitening(stacked) if whiten and len(stacked) >= 2 * stacked.shape[1] else None
+    errors = [residual_error(r, w) for r in residuals]
+    return calibrate(np.concatenate(errors), quantile, margin, consecutive, [len(e) for e in errors], whitening=w)

@@ -89,7 +89,7 @@ def fit(episodes, config: dict, out_dir, parent: str | None = None, sources=None
     path = out / "model.safetensors"
     if is_main_process():
         calibration = calibrate_model(model, val_eps, cal.get("quantile", 0.999), cal.get("margin", 1.5),
-                                      cal.get("consecutive", 2))
+                                      cal.get("consecutive", 2), cal.get("whiten", False))
         meta.update(step=tcfg.steps, metrics=metrics, surprise=calibration.to_dict(), train_seconds=round(time.time() - t0, 1),
                     train_config=config)
         save_checkpoint(path, model.cpu(), meta)
