@@ -207,6 +207,9 @@ def run(args) -> int:
         time.sleep(0.3)
         call(SetBool, "/command_gate/engage", SetBool.Request(data=True))
         time.sleep(1.5)
+        if state["stop"]:  # latched since a goal was reached, or while moving to this one: nothing was wrong
+            ev("protective stop latched before the perturbation: a false stop on nominal motion")
+            ok = False
         t_perturb = time.monotonic()
         ev(f"perturbation: {call(SetBool, '/sim/occlude_camera', SetBool.Request(data=True)).message}")
         stopped = wait(lambda: state["stop"], 3.0)
@@ -239,6 +242,7 @@ def run(args) -> int:
         time.sleep(1.0)
     finally:
         executor.shutdown()
+        spin.join(timeout=5.0)  # a callback still running would publish through destroyed handles
         for n in nodes:
             n.destroy_node()
         rclpy.try_shutdown()
