@@ -1,5 +1,6 @@
 """The surprise monitor as a real process: latches on surprise and on a silent camera, survives bad frames."""
 
+import json
 import time
 
 import numpy as np
@@ -11,7 +12,7 @@ pytest.importorskip("jepa_wm.data.images", reason="jepa_wm.data.images (camera f
 from builtin_interfaces.msg import Time  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
-from std_msgs.msg import Bool  # noqa: E402
+from std_msgs.msg import Bool, String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
 from jepa_wm.nodes.common import LATCHED_QOS, SENSOR_QOS, image_msg_from_rgb, stamp_ns, vector_from_msg, vector_msg  # noqa: E402
@@ -100,6 +101,24 @@ def test_injected_surprise_latches_within_two_frames_until_reset(ros, start_node
     assert not cam.stopped()
     assert any(s.level == DiagnosticStatus.ERROR and "protective stop" in s.message for _, d in cam.diags for s in d.status)
     assert mon.wait_output("PROTECTIVE STOP latched: surprise", 3), mon.output
+
+
+def test_predictions_made_before_autonomy_began_are_not_scored(ros, start_node, tiny_checkpoint):
+    # The planner predicts from every frame, but after a frame taken while the gate held the arm,
+    # the next command was the hold, not the plan: a wrong prediction there is not a surprise.
+    mon = _start(start_node, tiny_checkpoint, score_only_in_autonomy=True, prediction_timeout=0.0, camera_timeout=5.0)
+    cam = Camera(ros)
+    gate = ros.node.create_publisher(String, "/command_gate/state", LATCHED_QOS)
+    assert ros.spin_until(lambda: ros.node.count_subscribers("/camera/image_raw") > 0, 15)
+    cam.offset = 1.0
+    cam.run(5, answer=False)
+    gate.publish(String(data=json.dumps({"mode": "autonomy"})))
+    ros.spin_until(lambda: False, 0.5)
+    cam.answer()  # late predictions for frames from before autonomy
+    ros.spin_until(lambda: False, 0.5)
+    assert not cam.stopped() and not cam.scores, mon.output
+    cam.run(4)  # predictions from frames taken under autonomy are scored
+    assert cam.stopped(), mon.output
 
 
 def test_silent_camera_latches_and_reset_needs_a_live_camera(ros, start_node, tiny_checkpoint):
