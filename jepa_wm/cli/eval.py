@@ -101,7 +101,7 @@ def run(args) -> int:
             if not e["episodes"]:
                 print(f"  {kind}: never visible in {n} episodes")
                 continue
-            print(f"  {kind}: AUROC {e['auroc']:.3f}, detected within 2 frames {e['detected_within_2']:.0%}, at all "
+            print(f"  {kind}: AUROC {e['auroc']:.3f} (per frame {e['auroc_frames']:.3f}), detected within 2 frames {e['detected_within_2']:.0%}, at all "
                   f"{e['detected']:.0%}, frames to detect median {e['frames_to_detect_median']:.0f} "
                   f"max {e['frames_to_detect_max']:.0f} ({e['never_visible']} of {n} never visible)")
 

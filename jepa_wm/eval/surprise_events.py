@@ -99,9 +99,13 @@ def summarise(nominal: list[EventEpisode], events: list[EventEpisode], cal: Surp
 
     AUROC separates what a stop within `window` frames has to act on: the
     largest score in the first `window` frames of each event against the
-    largest score of every `window` consecutive nominal frames.
+    largest score of every `window` consecutive nominal frames. `auroc_frames`
+    compares single frames instead (each of the first `window` event frames
+    against every nominal frame); it is lower for a teleport, whose second
+    frame is nominal again once the history has caught up.
     """
     negatives = np.concatenate([window_max(e.scores, window) for e in nominal])
+    nominal_frames = np.concatenate([e.scores for e in nominal])
     report = {"nominal_stops": 0, "nominal_episodes": len(nominal), "window": window}
     for e in nominal:
         det = SurpriseDetector(cal.threshold, cal.consecutive, cal.instant)
@@ -112,7 +116,7 @@ def summarise(nominal: list[EventEpisode], events: list[EventEpisode], cal: Surp
         if not eps:
             report[kind] = {"episodes": 0, "never_visible": never}
             continue
-        positives = [e.scores[e.onset - 1: e.onset - 1 + window].max() for e in eps]
+        first = [e.scores[e.onset - 1: e.onset - 1 + window] for e in eps]
         delays = []
         for e in eps:
             det = SurpriseDetector(cal.threshold, cal.consecutive, cal.instant)
@@ -121,7 +125,8 @@ def summarise(nominal: list[EventEpisode], events: list[EventEpisode], cal: Surp
             delays.append(np.inf if hit is None else hit - (e.onset - 1) + 1)
         delays = np.array(delays)
         report[kind] = {
-            "auroc": auroc(negatives, positives),
+            "auroc": auroc(negatives, [f.max() for f in first]),
+            "auroc_frames": auroc(nominal_frames, np.concatenate(first)),
             "detected": float(np.isfinite(delays).mean()),
             "frames_to_detect_median": float(np.median(delays)),
             "frames_to_detect_max": float(delays.max()),
