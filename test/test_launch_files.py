@@ -96,3 +96,17 @@ def test_pip_install_ships_every_module_folder():
     shipped = set(find_packages(str(ROOT), include=["jepa_wm", "jepa_wm.*"]))
     folders = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "jepa_wm").rglob("*.py")}
     assert folders <= shipped, f"not installed by pip: {sorted(folders - shipped)} (add an __init__.py)"
+
+
+def test_shipped_files_are_found_through_resources_only():
+    # config/ and models/ sit beside the package in a checkout but under <prefix>/share/jepa_wm once
+    # installed: a path built from __file__ outside the package works in the tests and fails for users
+    # (`jepa-wm finetune` once looked for site-packages/config/train.yaml).
+    offenders = []
+    for path in (ROOT / "jepa_wm").rglob("*.py"):
+        if path.name == "resources.py":
+            continue
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if "__file__" in line and "parents[" in line and "PYTHONPATH" not in line and "import path" not in line:
+                offenders.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
+    assert not offenders, "use jepa_wm.resources.config_file / model_file:\n" + "\n".join(offenders)

@@ -71,7 +71,9 @@ def shipped_planner() -> tuple[dict, int]:
     """The planner node's shipped CEM settings (config/planner.yaml) and its torch thread count."""
     cfg = {"samples": 64, "iterations": 8, "warm_iterations": 3, "elites": 8, "horizon": 1}
     threads = 1
-    path = Path(__file__).resolve().parents[2] / "config" / "planner.yaml"
+    from jepa_wm.resources import config_file
+
+    path = config_file("planner.yaml")
     if path.is_file():
         import yaml
 
@@ -253,7 +255,7 @@ def worker(spec: dict) -> dict:
 def _run_worker(spec: dict, in_process: bool = False) -> dict:
     if in_process:
         return worker(spec)
-    root = str(Path(__file__).resolve().parents[2])
+    root = str(Path(__file__).resolve().parents[2])  # import path of this jepa_wm, for the worker
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(spec, f)

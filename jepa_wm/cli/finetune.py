@@ -6,15 +6,13 @@ surprise calibration is refreshed on the new data.
 
 from __future__ import annotations
 
-from jepa_wm.train.pipeline import DEFAULT_CONFIG
-
 
 def add_arguments(p):
     p.add_argument("--model", required=True, help="parent checkpoint (.safetensors)")
     p.add_argument("--bags", nargs="+", required=True, help="rosbag2 directories, or folders of them")
     p.add_argument("--freeze", choices=["encoder", "none"], default="encoder",
                    help="what stays fixed: 'encoder' (dynamics-only, the default) or 'none'")
-    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="training YAML; its 'finetune' section overrides 'train'")
+    p.add_argument("--config", default=None, help="training YAML (default: the shipped config/train.yaml); its 'finetune' section overrides 'train'")
     p.add_argument("--out", default="runs/finetune", help="output directory (resumes if it holds a run)")
     p.add_argument("--steps", type=int, help="override finetune steps")
     p.add_argument("--seed", type=int, help="override the seed")

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from jepa_wm.train.pipeline import DEFAULT_CONFIG
-
 
 def add_arguments(p):
-    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="training YAML (default: %(default)s)")
+    p.add_argument("--config", default=None, help="training YAML (default: the shipped config/train.yaml)")
     p.add_argument("--bags", nargs="+", help="rosbag2 directories, or folders of them")
     p.add_argument("--synthetic", type=int, metavar="N", help="train on N episodes of a synthetic planar arm instead of bags")
     p.add_argument("--out", default="runs/train", help="output directory (resumes if it holds a run)")

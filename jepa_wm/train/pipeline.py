@@ -17,15 +17,13 @@ from jepa_wm.core.checkpoint import load_checkpoint, save_checkpoint
 from jepa_wm.core.config import ModelConfig
 from jepa_wm.core.model import build_model
 from jepa_wm.data.dataset import ClipDataset, action_stats, split_episodes
+from jepa_wm.resources import config_file
 from jepa_wm.train.calibration import calibrate_model
 from jepa_wm.train.trainer import TrainConfig, is_main_process, train
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "config" / "train.yaml"
-
-
 def load_config(path=None) -> dict:
-    """The training YAML (model / data / train / calibration sections)."""
-    path = Path(path) if path else DEFAULT_CONFIG
+    """The training YAML (model / data / train / calibration sections); default: the shipped config/train.yaml."""
+    path = Path(path) if path else config_file("train.yaml")
     if not path.is_file():
         raise FileNotFoundError(f"training config {path} does not exist")
     return yaml.safe_load(path.read_text()) or {}
