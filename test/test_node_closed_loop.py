@@ -87,5 +87,8 @@ def test_plans_towards_a_goal_then_stops_on_surprise(ros, start_node):
     assert ros.spin_until(lambda: state.get("mode") == "stopped", 2.0)
     n = len(out)
     ros.spin_for(1.0)
-    assert len(out) - n <= 0, "the gate forwards nothing after the stop"
+    # Nothing from the planner after the stop: at most the gate's own hold, which may arrive after its state.
+    hold = state["hold_position"]
+    late = [list(m.points[0].positions) if m.points else [] for _, m in out[n:]]
+    assert all(p == [] or np.allclose(p, hold) for p in late), f"forwarded after the stop: {late} (hold {hold})"
     assert reached, f"goal not reached: max joint error {err:.3f} rad (start {np.abs(q_start - goal).max():.3f})"
