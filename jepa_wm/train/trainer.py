@@ -203,7 +203,7 @@ def train(model: WorldModel, train_set, val_set, cfg: TrainConfig, out_dir, meta
                 raise FloatingPointError(f"loss became {losses['loss'].item()} at step {step}; last checkpoint kept in {out}")
             if env.main and step % cfg.log_every == 0:
                 row = {"step": step, "lr": lr_at(step - 1, cfg), "grad_norm": float(grad_norm), "time": time.time() - t0}
-                row.update({k: float(v) for k, v in losses.items()})
+                row.update({k: v.item() for k, v in losses.items()})
                 log.write(json.dumps(row) + "\n")
                 bar.set_postfix(loss=f"{row['loss']:.4f}", pred=f"{row['pred']:.4f}", sigreg=f"{row['sigreg']:.3f}")
             bar.update(1)
