@@ -85,3 +85,20 @@ def test_changed_robot_flags_reach_the_simulator(tiny_checkpoint, tmp_path):
     with pytest.raises(ValueError, match="joint_gain_scale has 2 values"):
         cli(["eval", "--model", str(tiny_checkpoint), "--goals", "1", "--budget", "1", "--surprise-episodes", "0",
              "--joint-gain-scale", "1", "0.5", "--out", str(tmp_path)])
+
+
+def test_calibrate_refits_the_threshold_on_simulated_closed_loop_runs(tiny_checkpoint, tmp_path, capsys):
+    from jepa_wm.core.checkpoint import read_header
+
+    out = tmp_path / "calibrated.safetensors"
+    assert cli(["calibrate", "--model", str(tiny_checkpoint), "--out", str(out), "--sim-goals", "2",
+                "--sim-explore", "2", "--steps", "12", "--whiten"]) == 0
+    meta = read_header(out)["meta"]
+    cal, source = meta["surprise"], meta["surprise_source"]
+    assert cal["threshold"] > 0 and cal["scale"] > 0 and cal["false_trip_rate"] == 0.0  # no stop on its own data
+    assert len(cal["whitening"]) == 16  # the tiny model's latent dimension
+    assert source["sim_goals"] == 2 and source["sim_explore"] == 2 and source["parent"] == str(tiny_checkpoint)
+    assert read_header(tiny_checkpoint)["meta"]["surprise"]["threshold"] == 5.0  # the parent is left alone
+    assert (tmp_path / "calibrated.surprise.png").stat().st_size > 5_000
+    assert "threshold" in capsys.readouterr().out
+    assert cli(["calibrate", "--model", str(tiny_checkpoint), "--out", str(tmp_path / "x.safetensors")]) == 2

@@ -17,6 +17,7 @@ COMMANDS = {
     "train": ("train", "train the world model (encoder + predictor) from rosbags or synthetic data"),
     "finetune": ("finetune", "fine-tune the dynamics (encoder frozen) on new rosbags"),
     "eval": ("eval", "closed-loop planning and surprise evaluation in the simulator"),
+    "calibrate": ("calibrate", "refit a checkpoint's surprise threshold on nominal bags or simulated closed-loop runs"),
     "export": ("export", "export encoder and predictor to ONNX"),
     "build-engine": ("build_engine", "build (or reuse) a cached TensorRT engine from an ONNX file"),
     "bench": ("bench", "benchmark encoder, predictor, CEM and closed loop per backend and precision"),

@@ -39,6 +39,8 @@ class Episode:
     frames: list = field(default_factory=list)  # (start, goal, end) images
     errors: list = field(default_factory=list)  # joint error after every step
     latent_dist: list = field(default_factory=list)  # latent distance to the goal before every step
+    images: list = field(default_factory=list)  # every observed frame, the start included
+    actions: list = field(default_factory=list)  # the command sent after each frame
 
 
 def collision_free_pose(sim, rng, lo, hi, object_xy, tries: int = 1000) -> np.ndarray:
@@ -114,7 +116,7 @@ def run_episode(sim, task: GoalTask, agent: LatentAgent | None, budget: int, tol
     start_image = obs.image
     if agent is not None:
         agent.reset(goal_image, obs.image)
-    ep = Episode(False, np.inf, 0)
+    ep = Episode(False, np.inf, 0, images=[start_image])
     lo, hi = sim.joint_limits[:, 0], sim.joint_limits[:, 1]
     for step in range(budget):
         t0 = time.perf_counter()
@@ -125,6 +127,8 @@ def run_episode(sim, task: GoalTask, agent: LatentAgent | None, budget: int, tol
             ep.latent_dist.append(agent.goal_distance())
         ep.plan_ms.append(1000 * (time.perf_counter() - t0))
         obs = sim.step(action)
+        ep.images.append(obs.image)
+        ep.actions.append(np.asarray(action, np.float32))
         ep.errors.append(float(np.abs(obs.joint_pos - task.goal).max()))
     ep.steps, ep.final_error = budget, ep.errors[-1]
     ep.success = ep.final_error < tolerance

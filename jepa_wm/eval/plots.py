@@ -1,4 +1,4 @@
-"""PNG figures for evaluations: filmstrips, error over time, surprise traces."""
+"""PNG figures for evaluations: filmstrips, error over time, surprise traces, calibration histograms."""
 
 from __future__ import annotations
 
@@ -61,6 +61,21 @@ def surprise_traces(nominal, events, cal, png):
         ax.axhline(cal.threshold, color="k", ls="--", lw=1)
         ax.set_yscale("log"), ax.set_xlabel("frame"), ax.grid(alpha=0.3)
     axes[0].set_ylabel("surprise (x median nominal error)")
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
+def calibration_histogram(scores: dict, cal, png):
+    """Nominal surprise scores per data source, with the calibrated threshold."""
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    hi = max(cal.threshold * cal.instant, max(s.max() for s in scores.values()))
+    bins = np.logspace(np.log10(max(min(s.min() for s in scores.values()), 1e-3)), np.log10(hi * 1.1), 60)
+    for name, s in scores.items():
+        ax.hist(s, bins=bins, alpha=0.5, label=f"{name} ({len(s)} frames)")
+    ax.axvline(cal.threshold, color="k", ls="--", lw=1, label=f"threshold {cal.threshold:.1f} x{cal.consecutive}")
+    ax.set_xscale("log"), ax.set_yscale("log"), ax.grid(alpha=0.3), ax.legend(fontsize=8)
+    ax.set_xlabel("nominal surprise score (x median)"), ax.set_ylabel("frames")
     fig.tight_layout()
     fig.savefig(png, dpi=110)
     plt.close(fig)
