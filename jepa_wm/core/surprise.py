@@ -6,11 +6,12 @@ whatever the model. With a `whitening` matrix (the inverse covariance of
 nominal residuals, shrunk towards a multiple of the identity) the error is the
 squared Mahalanobis distance per dimension instead: nominal prediction errors
 are large along a few directions (an object sliding after a push) and tiny
-along the rest, where a jammed joint or a frozen camera shows first. Offline,
-on the simulator arm, it caught about half of the injected events within two
-frames where the plain score caught none; but calibrated on exploration data
-only, it stopped closed-loop planning on nominal frames (models/README.md), so
-it is opt-in (`calibration.whiten`).
+along the rest, where a jammed joint or a frozen camera shows first. It needs
+nominal data of the kind it will see: calibrated on exploration data alone it
+stopped nominal closed-loop planning, calibrated with closed-loop runs too
+(`jepa-wm calibrate --whiten`, as the shipped model is) it caught 35-45% of the
+injected events within two frames where the plain score caught none
+(models/README.md). Training calibrates without it (`calibration.whiten`).
 
 Calibration sets the threshold at a high quantile of nominal scores; the
 detector trips after `consecutive` frames in a row exceed it, and a single
