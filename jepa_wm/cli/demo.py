@@ -134,7 +134,9 @@ def run(args) -> int:
             rec["err"].append(float(np.abs(q - state["goal"]).max()))
 
     def on_score(msg):
-        rec["score"].append((time.monotonic() - ev.t0, float(vector_from_msg(msg)[0])))
+        score, threshold = vector_from_msg(msg)[:2]
+        rec["score"].append((time.monotonic() - ev.t0, float(score)))
+        rec["threshold"] = float(threshold)
 
     driver.create_subscription(String, "/command_gate/state", on_gate, LATCHED_QOS)
     driver.create_subscription(Bool, "/jepa_wm/stop", on_stop, LATCHED_QOS)
@@ -274,7 +276,9 @@ def _summary(path, rec, log):
     ax2 = fig.add_subplot(gs[n + 1, :], sharex=ax)
     if rec["score"]:
         t, s = zip(*rec["score"])
-        ax2.semilogy(t, np.maximum(s, 1e-3), lw=1)
+        ax2.semilogy(t, np.maximum(s, 1e-3), ".-", lw=1, ms=3)
+        ax2.axhline(rec["threshold"], color="k", ls=":", lw=1, label="threshold")
+        ax2.legend(loc="upper left", fontsize=8)
     for t in rec["stops"]:
         ax.axvline(t, color="r", ls="--")
         ax2.axvline(t, color="r", ls="--")
