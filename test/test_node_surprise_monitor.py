@@ -170,3 +170,14 @@ def test_bad_parameters_refuse_to_start(start_node, tiny_checkpoint, over, needl
     mon = start_node("surprise_monitor", "monitor.yaml", params)
     assert mon.proc.wait(timeout=60) == 2, mon.output
     assert needle in mon.output and "refusing to start" in mon.output, mon.output
+
+
+def test_a_whitening_matrix_that_does_not_fit_the_latent_refuses_to_start(start_node, tiny_checkpoint, tmp_path):
+    from jepa_wm.core.checkpoint import load_checkpoint, save_checkpoint
+
+    model, meta = load_checkpoint(tiny_checkpoint)
+    meta["surprise"]["whitening"] = np.eye(5).tolist()  # the tiny latent has 16 dimensions
+    bad = save_checkpoint(tmp_path / "bad.safetensors", model, meta)
+    mon = start_node("surprise_monitor", "monitor.yaml", {"model": str(bad)})
+    assert mon.proc.wait(timeout=60) == 2, mon.output
+    assert "whitening matrix of shape (5, 5) for a 16-dim latent" in mon.output, mon.output

@@ -88,7 +88,8 @@ def run(args) -> int:
                 sim.reset()  # clear the perturbation
                 events.append(surprise_events.EventEpisode(kind, onset, surprise_events.episode_scores(model, f, a, cal)))
         nominal_error = float(np.mean([surprise_events.episode_errors(model, f, a).mean() for f, a in test_runs]))
-        calibration = {k: v for k, v in cal.to_dict().items() if k != "whitening"} | {"whitened": cal.whitening is not None}
+        calibration = {k: v for k, v in cal.to_dict().items() if k != "whitening"}
+        calibration["whitened"] = cal.whitening is not None
         report["surprise"] = {"calibration": calibration, "nominal_prediction_error": nominal_error,
                               **surprise_events.summarise(nominal, events, cal),
                               "seconds": round(time.time() - t0, 1)}
@@ -101,9 +102,10 @@ def run(args) -> int:
             if not e["episodes"]:
                 print(f"  {kind}: never visible in {n} episodes")
                 continue
-            print(f"  {kind}: AUROC {e['auroc']:.3f} (per frame {e['auroc_frames']:.3f}), detected within 2 frames {e['detected_within_2']:.0%}, at all "
-                  f"{e['detected']:.0%}, frames to detect median {e['frames_to_detect_median']:.0f} "
-                  f"max {e['frames_to_detect_max']:.0f} ({e['never_visible']} of {n} never visible)")
+            print(f"  {kind}: AUROC {e['auroc']:.3f} (per frame {e['auroc_frames']:.3f}), detected within 2 frames "
+                  f"{e['detected_within_2']:.0%}, at all {e['detected']:.0%}, frames to detect median "
+                  f"{e['frames_to_detect_median']:.0f} max {e['frames_to_detect_max']:.0f} "
+                  f"({e['never_visible']} of {n} never visible)")
 
     (out / "report.json").write_text(json.dumps(report, indent=2, default=float))
     print(f"wrote {out / 'report.json'} and plots in {out}")

@@ -137,7 +137,12 @@ class SurpriseMonitor(Node):
         self.threshold = p["threshold"] or float(cal.get("threshold", 0.0))
         self.consecutive = p["consecutive"] or int(cal.get("consecutive", 2))
         self.instant = p["instant"] or float(cal.get("instant", 3.0))
-        self.whitening = cal.get("whitening")  # the score's metric comes with the checkpoint's calibration
+        # The score's metric comes with the checkpoint's calibration.
+        self.whitening = None if cal.get("whitening") is None else np.asarray(cal["whitening"], np.float32)
+        d = model.cfg.latent_dim
+        require(self.whitening is None or self.whitening.shape == (d, d), "model",
+                f"checkpoint {p['model']} has a surprise whitening matrix of shape "
+                f"{getattr(self.whitening, 'shape', None)} for a {d}-dim latent: recalibrate it (jepa-wm calibrate)")
         require(self.instant >= 1, "instant", f"is {self.instant}; it must be >= 1")
         require(self.scale > 0, "scale", f"is unset and checkpoint {p['model']} has no surprise calibration: set scale")
         require(self.threshold > 0, "threshold",
