@@ -39,7 +39,8 @@ def run(args) -> int:
     from jepa_wm.data.dataset import DataConfig, Episode, load_episodes
     from jepa_wm.eval import goals, plots, surprise_events
     from jepa_wm.eval.common import default_model_path, make_sim, planner_config
-    from jepa_wm.train.calibration import calibrate_model, episode_errors
+    from jepa_wm.core.surprise import residual_error
+    from jepa_wm.train.calibration import calibrate_residuals, episode_residuals
     from jepa_wm.train.pipeline import load_config
 
     model_path = args.model or default_model_path()
@@ -66,18 +67,19 @@ def run(args) -> int:
         print("jepa-wm calibrate: nothing to calibrate on; pass --bags and/or --sim-goals / --sim-explore")
         return 2
 
-    cal = calibrate_model(model, episodes, settings["quantile"], settings["margin"], settings["consecutive"],
-                          whiten=args.whiten)
+    residuals = [episode_residuals(model, e.frames, e.actions) for e in episodes]
+    cal = calibrate_residuals(residuals, settings["quantile"], settings["margin"], settings["consecutive"],
+                              whiten=args.whiten)
     meta["surprise"] = cal.to_dict()
     meta["surprise_source"] = {"parent": str(model_path), "bags": [str(b) for b in args.bags],
                                "sim_goals": args.sim_goals, "sim_explore": args.sim_explore, "steps": args.steps,
                                "seed": args.seed, "whiten": cal.whitening is not None, **settings}
     out = save_checkpoint(args.out, model, meta)
     png = Path(out).with_suffix(".surprise.png")
-    scores = {}
-    for e in episodes:
+    scores = {}  # per source, from the residuals the calibration used
+    for e, r in zip(episodes, residuals):
         group = e.source if e.source.startswith("sim/") else "bags"
-        scores.setdefault(group, []).append(episode_errors(model, e.frames, e.actions, cal.whitening) / cal.scale)
+        scores.setdefault(group, []).append(residual_error(r, cal.whitening) / cal.scale)
     scores = {k: np.concatenate(v) for k, v in scores.items()}
     plots.calibration_histogram(scores, cal, png)
     print(f"calibrated on {len(episodes)} episodes ({sum(len(e) for e in episodes)} frames): threshold "

@@ -35,12 +35,12 @@ def run(args) -> int:
 
     from jepa_wm.cli.collect import robot_change
     from jepa_wm.core.checkpoint import load_checkpoint
-    from jepa_wm.core.surprise import SurpriseCalibration
+    from jepa_wm.core.surprise import SurpriseCalibration, residual_error
     from jepa_wm.data.dataset import Episode
     from jepa_wm.eval import goals, plots, surprise_events
     from jepa_wm.eval.common import default_model_path, make_sim, planner_config
     from jepa_wm.sim.explore import ExplorationPolicy
-    from jepa_wm.train.calibration import calibrate_model
+    from jepa_wm.train.calibration import calibrate_model, episode_residuals
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -79,15 +79,16 @@ def run(args) -> int:
             runs = [surprise_events.record(sim, policy, steps, args.seed + 500 + i)[:2] for i in range(2 * n)]
             cal = calibrate_model(model, [Episode(f, a, None, None, "eval") for f, a in runs[:n]])
             test_runs = runs[n:]
-        nominal = [surprise_events.EventEpisode("nominal", -1, surprise_events.episode_scores(model, f, a, cal))
-                   for f, a in test_runs]
+        residuals = [episode_residuals(model, f, a) for f, a in test_runs]
+        nominal = [surprise_events.EventEpisode("nominal", -1, residual_error(r, cal.whitening) / cal.scale)
+                   for r in residuals]
         events = []
         for kind in surprise_events.EVENTS:
             for i in tqdm(range(n), desc=f"surprise: {kind}"):
                 f, a, onset = surprise_events.record(sim, policy, steps, args.seed + 900 + i, kind, 15 + i % 10)
                 sim.reset()  # clear the perturbation
                 events.append(surprise_events.EventEpisode(kind, onset, surprise_events.episode_scores(model, f, a, cal)))
-        nominal_error = float(np.mean([surprise_events.episode_errors(model, f, a).mean() for f, a in test_runs]))
+        nominal_error = float(np.mean(np.concatenate([residual_error(r) for r in residuals])))
         calibration = {k: v for k, v in cal.to_dict().items() if k != "whitening"}
         calibration["whitened"] = cal.whitening is not None
         report["surprise"] = {"calibration": calibration, "nominal_prediction_error": nominal_error,

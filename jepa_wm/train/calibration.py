@@ -56,12 +56,17 @@ def episode_errors(model: WorldModel, frames, actions, whitening=None) -> np.nda
 
 def calibrate_model(model: WorldModel, episodes, quantile=0.999, margin=1.5, consecutive=2,
                     whiten: bool = False) -> SurpriseCalibration:
-    """Surprise calibration on nominal episodes (objects with .frames and .actions).
+    """Surprise calibration on nominal episodes (objects with .frames and .actions)."""
+    residuals = [episode_residuals(model, ep.frames, ep.actions) for ep in episodes]
+    return calibrate_residuals(residuals, quantile, margin, consecutive, whiten)
+
+
+def calibrate_residuals(residuals, quantile=0.999, margin=1.5, consecutive=2, whiten: bool = False) -> SurpriseCalibration:
+    """Surprise calibration on per-episode residuals (each (T, D)).
 
     With `whiten`, scores are Mahalanobis distances when there are enough
     frames for a covariance (2 x the latent dimension), else plain squared errors.
     """
-    residuals = [episode_residuals(model, ep.frames, ep.actions) for ep in episodes]
     stacked = np.concatenate(residuals)
     w = fit_whitening(stacked) if whiten and len(stacked) >= 2 * stacked.shape[1] else None
     errors = [residual_error(r, w) for r in residuals]

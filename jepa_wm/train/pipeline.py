@@ -21,6 +21,7 @@ from jepa_wm.resources import config_file
 from jepa_wm.train.calibration import calibrate_model
 from jepa_wm.train.trainer import TrainConfig, is_main_process, train
 
+
 def load_config(path=None) -> dict:
     """The training YAML (model / data / train / calibration sections); default: the shipped config/train.yaml."""
     path = Path(path) if path else config_file("train.yaml")
