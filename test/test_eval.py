@@ -102,3 +102,17 @@ def test_calibrate_refits_the_threshold_on_simulated_closed_loop_runs(tiny_check
     assert (tmp_path / "calibrated.surprise.png").stat().st_size > 5_000
     assert "threshold" in capsys.readouterr().out
     assert cli(["calibrate", "--model", str(tiny_checkpoint), "--out", str(tmp_path / "x.safetensors")]) == 2
+
+
+def test_calibrate_is_the_same_with_parallel_workers(tiny_checkpoint, tmp_path):
+    """Each simulated episode is seeded by its index, so splitting them over processes changes nothing."""
+    from jepa_wm.core.checkpoint import read_header
+
+    cals = []
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}.safetensors"
+        assert cli(["calibrate", "--model", str(tiny_checkpoint), "--out", str(out), "--sim-goals", "2",
+                    "--sim-explore", "1", "--steps", "8", "--workers", str(workers)]) == 0
+        cals.append(read_header(out)["meta"]["surprise"])
+    assert cals[0]["scale"] == pytest.approx(cals[1]["scale"], rel=1e-5)
+    assert cals[0]["threshold"] == pytest.approx(cals[1]["threshold"], rel=1e-5)

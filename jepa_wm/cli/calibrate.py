@@ -8,11 +8,16 @@ not, and a calibration that never saw closed-loop runs can stop nominal ones
 simulator, --sim-goals lets the deployed planner reach seeded goals and
 --sim-explore adds exploration episodes. Writes a new checkpoint: the same
 weights, the new calibration, and where it came from.
+
+Every simulated episode is seeded by its own index (the planner included),
+so the calibration does not depend on --workers.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import numpy as np
 
 
 def add_arguments(p):
@@ -27,62 +32,101 @@ def add_arguments(p):
     p.add_argument("--margin", type=float, default=None, help="threshold margin (default: the training config's)")
     p.add_argument("--consecutive", type=int, default=None, help="frames over the threshold that stop (default: config)")
     p.add_argument("--whiten", action="store_true", help="score whitened residuals (a Mahalanobis distance)")
+    p.add_argument("--workers", type=int, default=1, help="parallel processes for simulated episodes (default: %(default)s)")
     p.add_argument("--config", default=None, help="training YAML whose 'calibration' section gives the defaults")
 
 
+_WORKER: dict = {}
+
+
+def _simulate(job) -> tuple[str, np.ndarray]:
+    """One simulated nominal episode -> (source, per-frame prediction residuals). Runs in a worker."""
+    import torch
+
+    from jepa_wm.core.checkpoint import load_checkpoint
+    from jepa_wm.eval import goals, surprise_events
+    from jepa_wm.eval.common import make_sim, planner_config
+    from jepa_wm.sim.explore import ExplorationPolicy
+    from jepa_wm.train.calibration import episode_residuals
+
+    model_path, kind, seed, steps = job
+    if _WORKER.get("path") != model_path:
+        torch.set_num_threads(1)  # one process per core: small batches lose more to threading than they gain
+        model, meta = load_checkpoint(model_path)
+        sim = make_sim(meta)
+        _WORKER.update(path=model_path, model=model, meta=meta, sim=sim, policy=ExplorationPolicy(sim))
+    model, meta, sim = _WORKER["model"], _WORKER["meta"], _WORKER["sim"]
+    if kind == "sim/planner":
+        agent = goals.LatentAgent(model, planner_config(), meta, seed=seed)
+        ep = goals.run_episode(sim, goals.make_tasks(sim, 1, seed)[0], agent, steps, tolerance=0.0)
+        frames, actions = np.stack(ep.images), np.stack(ep.actions + ep.actions[-1:])
+    else:
+        frames, actions, _ = surprise_events.record(sim, _WORKER["policy"], steps, seed)
+    return kind, episode_residuals(model, frames, actions)
+
+
 def run(args) -> int:
-    import numpy as np
+    import multiprocessing
+
     from tqdm import tqdm
 
     from jepa_wm.core.checkpoint import load_checkpoint, save_checkpoint
     from jepa_wm.core.config import dataclass_from_dict
-    from jepa_wm.data.dataset import DataConfig, Episode, load_episodes
-    from jepa_wm.eval import goals, plots, surprise_events
-    from jepa_wm.eval.common import default_model_path, make_sim, planner_config
     from jepa_wm.core.surprise import residual_error
+    from jepa_wm.data.dataset import DataConfig, load_episodes
+    from jepa_wm.eval import plots
+    from jepa_wm.eval.common import default_model_path
     from jepa_wm.train.calibration import calibrate_residuals, episode_residuals
     from jepa_wm.train.pipeline import load_config
 
-    model_path = args.model or default_model_path()
+    model_path = str(args.model or default_model_path())
     model, meta = load_checkpoint(model_path)
     defaults = load_config(args.config).get("calibration", {})
     settings = {k: getattr(args, k) if getattr(args, k) is not None else defaults.get(k, d)
                 for k, d in (("quantile", 0.999), ("margin", 1.5), ("consecutive", 2))}
-    episodes = []
+    sources, residuals = [], []  # per episode
     if args.bags:
-        episodes += load_episodes(args.bags, dataclass_from_dict(DataConfig, meta.get("data") or {}, "data config"))
-    if args.sim_goals or args.sim_explore:
-        sim = make_sim(meta)
-        agent = goals.LatentAgent(model, planner_config(), meta, seed=args.seed)
-        for task in tqdm(goals.make_tasks(sim, args.sim_goals, args.seed), desc="simulator: planner"):
-            ep = goals.run_episode(sim, task, agent, args.steps, tolerance=0.0)
-            episodes.append(Episode(np.stack(ep.images), np.stack(ep.actions + ep.actions[-1:]), None, None, "sim/planner"))
-        from jepa_wm.sim.explore import ExplorationPolicy
-
-        policy = ExplorationPolicy(sim)
-        for i in tqdm(range(args.sim_explore), desc="simulator: exploration"):
-            frames, actions, _ = surprise_events.record(sim, policy, args.steps, args.seed + args.sim_goals + i)
-            episodes.append(Episode(frames, actions, None, None, "sim/explore"))
-    if not episodes:
+        for e in load_episodes(args.bags, dataclass_from_dict(DataConfig, meta.get("data") or {}, "data config")):
+            sources.append("bags")
+            residuals.append(episode_residuals(model, e.frames, e.actions))
+    jobs = [(model_path, "sim/planner", args.seed + i, args.steps) for i in range(args.sim_goals)]
+    jobs += [(model_path, "sim/explore", args.seed + args.sim_goals + i, args.steps) for i in range(args.sim_explore)]
+    if jobs:
+        bar = tqdm(total=len(jobs), desc="simulator episodes", unit="episode")
+        if args.workers > 1:
+            # spawn: each process gets its own MuJoCo and EGL context; map keeps the episodes in order.
+            with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
+                results = []
+                for r in pool.imap(_simulate, jobs):
+                    results.append(r)
+                    bar.update()
+        else:
+            results = []
+            for job in jobs:
+                results.append(_simulate(job))
+                bar.update()
+        bar.close()
+        for kind, r in results:
+            sources.append(kind)
+            residuals.append(r)
+    if not residuals:
         print("jepa-wm calibrate: nothing to calibrate on; pass --bags and/or --sim-goals / --sim-explore")
         return 2
 
-    residuals = [episode_residuals(model, e.frames, e.actions) for e in episodes]
     cal = calibrate_residuals(residuals, settings["quantile"], settings["margin"], settings["consecutive"],
                               whiten=args.whiten)
     meta["surprise"] = cal.to_dict()
-    meta["surprise_source"] = {"parent": str(model_path), "bags": [str(b) for b in args.bags],
+    meta["surprise_source"] = {"parent": model_path, "bags": [str(b) for b in args.bags],
                                "sim_goals": args.sim_goals, "sim_explore": args.sim_explore, "steps": args.steps,
                                "seed": args.seed, "whiten": cal.whitening is not None, **settings}
     out = save_checkpoint(args.out, model, meta)
     png = Path(out).with_suffix(".surprise.png")
     scores = {}  # per source, from the residuals the calibration used
-    for e, r in zip(episodes, residuals):
-        group = e.source if e.source.startswith("sim/") else "bags"
-        scores.setdefault(group, []).append(residual_error(r, cal.whitening) / cal.scale)
+    for source, r in zip(sources, residuals):
+        scores.setdefault(source, []).append(residual_error(r, cal.whitening) / cal.scale)
     scores = {k: np.concatenate(v) for k, v in scores.items()}
     plots.calibration_histogram(scores, cal, png)
-    print(f"calibrated on {len(episodes)} episodes ({sum(len(e) for e in episodes)} frames): threshold "
+    print(f"calibrated on {len(residuals)} episodes ({sum(len(r) for r in residuals)} scored frames): threshold "
           f"{cal.threshold:.2f} x{cal.consecutive} on the {'whitened' if cal.whitening is not None else 'plain'} "
           f"score (scale {cal.scale:.4g}); wrote {out} and {png}")
     return 0
