@@ -51,7 +51,7 @@ def _simulate(job) -> tuple[str, np.ndarray]:
 
     model_path, kind, seed, steps = job
     if _WORKER.get("path") != model_path:
-        torch.set_num_threads(1)  # one process per core: small batches lose more to threading than they gain
+        torch.set_num_threads(1)  # as the planner node runs (torch_threads: 1); parallelism comes from --workers
         model, meta = load_checkpoint(model_path)
         sim = make_sim(meta)
         _WORKER.update(path=model_path, model=model, meta=meta, sim=sim, policy=ExplorationPolicy(sim))
