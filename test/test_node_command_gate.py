@@ -126,6 +126,10 @@ def test_stop_latch_holds_and_blocks_everything_until_reset(ros, start_node):
     rig.wait_up(gate)
     assert rig.engage().success
     rig.stream(rig.auto, lambda: traj([0.5, 0.5, 0.5]), 0.5)
+    # A rejected command logs a throttled warning; the stop's warning must not crash the gate after it
+    # (rclpy's deprecated Logger.warn() shares one call site between both and raised here).
+    rig.auto_arr.publish(Float64MultiArray(data=[float("nan")] * 3))
+    assert gate.wait_output("dropping autonomy command", 5), gate.output
     n0 = len(rig.out)
     rig.stop.publish(Bool(data=True))
     rig.stream(rig.auto, lambda: traj([0.5, 0.5, 0.5]), 0.3)
@@ -145,6 +149,7 @@ def test_stop_latch_holds_and_blocks_everything_until_reset(ros, start_node):
     assert rig.engage().success
     rig.stream(rig.auto, lambda: traj([0.5, 0.5, 0.5]), 0.5)
     assert [0.5, 0.5, 0.5] in [rig.positions(m) for _, m in rig.out[n1:]]
+    assert gate.alive()
 
 
 def test_forward_command_controller_and_missing_monitor(ros, start_node):

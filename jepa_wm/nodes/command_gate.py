@@ -196,7 +196,7 @@ class CommandGate(Node):
         return pos if lo is None else np.clip(pos, lo, hi)
 
     def _reject(self, name: str, why: str):
-        self.get_logger().warn(f"dropping {name} command: {why}", throttle_duration_sec=2.0)
+        self.get_logger().warning(f"dropping {name} command: {why}", throttle_duration_sec=2.0)
 
     def _accept(self, name: str, traj: JointTrajectory):
         now = self._now()
@@ -212,7 +212,7 @@ class CommandGate(Node):
     def _on_stop(self, msg: Bool):
         if bool(msg.data) != self.stopped:
             self.stopped = bool(msg.data)
-            self.get_logger().warn("protective stop latched" if self.stopped else "protective stop cleared")
+            self.get_logger().warning("protective stop latched" if self.stopped else "protective stop cleared")
             if self.stopped:
                 self._set_engaged(False, "protective stop")
         self._update(self._now())
@@ -222,8 +222,8 @@ class CommandGate(Node):
             idx = [list(msg.name).index(j) for j in self.joint_names]
             pos = np.asarray([msg.position[i] for i in idx], dtype=float)
         except (ValueError, IndexError):
-            self.get_logger().warn(f"joint_states {list(msg.name)} lack some of {self.joint_names}",
-                                   throttle_duration_sec=5.0)
+            self.get_logger().warning(f"joint_states {list(msg.name)} lack some of {self.joint_names}",
+                                      throttle_duration_sec=5.0)
             return
         self.measured, self.measured_ns = pos, self._now()
 
@@ -321,7 +321,7 @@ class CommandGate(Node):
                 msg = JointTrajectory(joint_names=list(self.joint_names))
                 msg.header.stamp = self.get_clock().now().to_msg()
                 self.out.publish(msg)
-            self.get_logger().warn(f"HOLD ({why}) without a measured position yet")
+            self.get_logger().warning(f"HOLD ({why}) without a measured position yet")
             return
         pos = self._clip(self.measured.copy())
         self.hold_position = pos.tolist()

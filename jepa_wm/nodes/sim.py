@@ -138,18 +138,18 @@ class SimNode(Node):
         try:
             pos = np.stack([self._reorder(msg.joint_names, pt.positions) for pt in msg.points])
         except (ValueError, IndexError):
-            self.get_logger().warn(f"trajectory joints {list(msg.joint_names)} do not cover {self.joint_names}", throttle_duration_sec=2.0)
+            self.get_logger().warning(f"trajectory joints {list(msg.joint_names)} do not cover {self.joint_names}", throttle_duration_sec=2.0)
             return
         times = np.asarray([pt.time_from_start.sec + pt.time_from_start.nanosec * 1e-9 for pt in msg.points])
         if not np.all(np.isfinite(pos)) or np.any(np.diff(times) <= 0):
-            self.get_logger().warn("dropping trajectory: non-finite positions or time_from_start not increasing", throttle_duration_sec=2.0)
+            self.get_logger().warning("dropping trajectory: non-finite positions or time_from_start not increasing", throttle_duration_sec=2.0)
             return
         self.trajectory = [pos, times, 0]
 
     def _on_commands(self, msg: Float64MultiArray):
         data = np.asarray(msg.data, dtype=float)
         if data.size != len(self.joint_names) or not np.all(np.isfinite(data)):
-            self.get_logger().warn(f"dropping command: need {len(self.joint_names)} finite values", throttle_duration_sec=2.0)
+            self.get_logger().warning(f"dropping command: need {len(self.joint_names)} finite values", throttle_duration_sec=2.0)
             return
         self.trajectory, self.target = None, data
 
@@ -215,7 +215,7 @@ class SimNode(Node):
             res.success, res.message = False, str(e)
             return res
         res.success, res.message = True, f"object teleported to {np.round(new, 3).tolist()}"
-        self.get_logger().warn(f"perturbation: {res.message}")
+        self.get_logger().warning(f"perturbation: {res.message}")
         return res
 
     def _on_block(self, req, res):
@@ -229,13 +229,13 @@ class SimNode(Node):
             res.success, res.message = False, str(e)
             return res
         res.success, res.message = True, f"joint {self.joint_names[i]} {'blocked' if req.data else 'released'}"
-        self.get_logger().warn(f"perturbation: {res.message}")
+        self.get_logger().warning(f"perturbation: {res.message}")
         return res
 
     def _toggle(self, what, req, res):
         getattr(self.sim, what)(bool(req.data))
         res.success, res.message = True, f"{what} {'on' if req.data else 'off'}"
-        self.get_logger().warn(f"perturbation: {res.message}")
+        self.get_logger().warning(f"perturbation: {res.message}")
         return res
 
     def _on_reset(self, req, res):

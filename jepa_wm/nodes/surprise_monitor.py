@@ -168,7 +168,7 @@ class SurpriseMonitor(Node):
             rgb = decode(msg)
         except ValueError as e:
             self.bad_frames += 1
-            self.get_logger().warn(f"dropping camera frame: {e}", throttle_duration_sec=2.0)
+            self.get_logger().warning(f"dropping camera frame: {e}", throttle_duration_sec=2.0)
             return
         self.last_frame_ns = self._now()
         z = self.encode(rgb)
@@ -183,7 +183,7 @@ class SurpriseMonitor(Node):
         try:
             z = vector_from_msg(msg)
         except ValueError as e:
-            self.get_logger().warn(f"bad prediction message: {e}", throttle_duration_sec=2.0)
+            self.get_logger().warning(f"bad prediction message: {e}", throttle_duration_sec=2.0)
             z = np.full(self.latent_dim, np.nan, dtype=np.float32)  # unusable counts as surprising
         self.last_prediction_ns = self._now()
         self.predictions[stamp_ns(msg.header.stamp)] = z
@@ -273,7 +273,7 @@ class SurpriseMonitor(Node):
         self.predictions.clear()
         self.autonomy_since_ns = None  # the gate re-announces autonomy when it is re-engaged
         self.stop_pub.publish(Bool(data=False))
-        self.get_logger().warn(f"protective stop reset (was: {was or 'not latched'})")
+        self.get_logger().warning(f"protective stop reset (was: {was or 'not latched'})")
         res.success, res.message = True, f"reset; was: {was or 'not latched'}"
         return res
 
