@@ -104,7 +104,7 @@ def test_malformed_frames_are_logged_and_dropped(ros, start_node, tiny_checkpoin
     n = len(rig.traj)
     rig.frame()
     rig.frame()
-    assert ros.spin_until(lambda: len(rig.traj) > n, 5), "still planning after a bad frame"
+    assert ros.spin_until(lambda: len(rig.traj) > n, 5), node.output
     assert node.alive()
 
 

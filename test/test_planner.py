@@ -7,7 +7,7 @@ import torch
 
 from jepa_wm.core.config import ConfigError, ModelConfig, PlannerConfig
 from jepa_wm.core.model import build_model
-from jepa_wm.core.planner import CEMPlanner
+from jepa_wm.core.planner import CEMPlanner, JointMetric
 
 
 class LinearLatentSystem(torch.nn.Module):
@@ -119,3 +119,52 @@ def test_l1_cost_and_config_validation():
         PlannerConfig(cost="l3")
     with pytest.raises(ConfigError, match="elites"):
         PlannerConfig(samples=10, elites=20)
+
+
+class HumpedArm(torch.nn.Module):
+    """One position-controlled joint q seen as the latent (q, 1.5 exp(-(q - 1)^2 / 0.1)): a feature that lights up
+    as the arm passes q = 1, as a keypoint does when one link crosses another. The action is the next q."""
+
+    def __init__(self):
+        super().__init__()
+        self.cfg = SimpleNamespace(action_block=1, action_dim=1, frameskip=1, latent_dim=2)
+        self.anchor = torch.nn.Parameter(torch.zeros(()))  # the planner reads the device from a parameter
+
+    @staticmethod
+    def latent(q):
+        return torch.stack([q, 1.5 * torch.exp(-(q - 1) ** 2 / 0.1)], -1)
+
+    @torch.no_grad()
+    def rollout(self, history, history_actions, plan_actions):
+        return self.latent(plan_actions[..., 0])
+
+
+def drive(planner, system, goal_q, steps=30):
+    q, goal = torch.tensor([0.0]), system.latent(torch.tensor(goal_q))
+    for _ in range(steps):
+        q = planner.plan(system.latent(q)[None], torch.zeros(0, 1), goal, current=q).actions[0]
+    return float(q)
+
+
+def test_joint_metric_is_the_linear_readout_of_the_joints():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(500, 6, generator=g)
+    joints = z[:, :2] @ torch.tensor([[2.0, 0.0], [1.0, -1.0]]) + 0.3
+    metric = JointMetric.fit(z, joints)
+    assert min(metric.r2) > 0.99 and metric.weights.shape == (2, 6)
+    # The probe ignores what does not carry the joints: latent directions 2..5.
+    assert metric.weights[:, 2:].abs().max() < 0.05 * metric.weights[:, :2].abs().max()
+    restored = JointMetric.from_dict(metric.to_dict())
+    assert torch.allclose(restored.weights, metric.weights) and restored.scale == metric.scale
+
+
+def test_joint_metric_carries_a_one_step_planner_over_a_hump_in_latent_distance():
+    system = HumpedArm()
+    q = torch.linspace(-0.5, 2.5, 301)
+    metric = JointMetric.fit(system.latent(q), q[:, None])
+    cfg = dict(samples=64, iterations=8, warm_iterations=3, elites=8, horizon=1)
+    kwargs = dict(action_low=[-0.5], action_high=[2.5], max_step=[0.15], metric=metric)
+    stalled = drive(CEMPlanner(system, PlannerConfig(**cfg), seed=0, **kwargs), system, 2.0)
+    assert stalled < 0.8  # plain latent distance rises past q = 0.7: a greedy planner stops in front of it
+    reached = drive(CEMPlanner(system, PlannerConfig(**cfg, joint_weight=3.0), seed=0, **kwargs), system, 2.0)
+    assert abs(reached - 2.0) < 0.05

@@ -26,6 +26,9 @@ def test_train_writes_a_deployable_checkpoint_metrics_and_plot(trained):
     # Everything a deployment needs travels in the checkpoint.
     assert {"action_low", "action_high", "surprise", "metrics", "sources"} <= set(meta)
     assert meta["surprise"]["threshold"] > 0 and meta["surprise"]["scale"] > 0
+    # The planner's joint probe: one row per joint over the latent, fitted on the training episodes.
+    probe = meta["joint_metric"]
+    assert np.shape(probe["weights"]) == (3, model.cfg.latent_dim) and probe["scale"] > 0 and len(probe["r2"]) == 3
     assert not torch.allclose(model.action_std, torch.ones(3))  # fitted to the data
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     # It learns: the objective falls. (Prediction error alone rises at first: SIGReg spreads the

@@ -130,10 +130,14 @@ class PlannerConfig:
     # Keep this fraction of the previous std when warm-starting (the rest is re-inflated to init_std).
     warm_std: float = 0.5
     dtype: str = "float32"  # "float32" or "bfloat16" for the predictor rollouts
+    # Weight of the joint-probe term of the goal cost (core/planner.py: JointMetric); 0 = latent distance only.
+    joint_weight: float = 0.0
 
     def __post_init__(self):
         if self.cost not in ("l2", "l1"):
             raise ConfigError(f"planner cost {self.cost!r} must be 'l2' or 'l1'")
+        if not self.joint_weight >= 0:
+            raise ConfigError(f"planner joint_weight ({self.joint_weight}) must be >= 0")
         if not 2 <= self.elites <= self.samples:
             raise ConfigError(f"planner elites ({self.elites}) must be in 2..samples ({self.samples})")
         for name in ("samples", "iterations", "horizon", "warm_iterations"):

@@ -12,6 +12,12 @@ inside the action bounds, and (with `max_step`) each command within max_step
 of the one before it, starting from the command in force now. Without the rate
 limit CEM happily proposes jumps across the workspace that no training clip
 contains, and the predictor's answer to those is a guess.
+
+The goal cost is the squared latent distance, plus (with a `JointMetric` and
+`joint_weight` > 0) the same distance seen through a linear probe from latents
+to joint angles. Plain latent distance can rise on the way to a goal (a link
+hides another, a keypoint jumps), and a one-step planner stops in front of
+such a hump; the probe's directions change monotonically with the arm's pose.
 """
 
 from __future__ import annotations
@@ -33,10 +39,46 @@ class PlanResult:
     costs: list  # best cost after each iteration
 
 
-def goal_cost(latents: torch.Tensor, goal: torch.Tensor, kind: str) -> torch.Tensor:
-    """Distance of (S, D) latents to the goal (D,): squared L2 or mean L1."""
+@dataclass
+class JointMetric:
+    """Latent directions that carry the arm's configuration: a ridge probe from latents to standardised joints.
+
+    `scale` makes the probe term's mean over random pairs of training frames equal
+    to the plain squared latent distance's, so `joint_weight` is a ratio.
+    """
+
+    weights: torch.Tensor  # (J, D)
+    scale: float
+    r2: list  # per joint, on the frames it was fitted on
+
+    @classmethod
+    def fit(cls, latents: torch.Tensor, joints: torch.Tensor, ridge: float = 1e-3, seed: int = 0) -> "JointMetric":
+        z = latents.double() - latents.double().mean(0)
+        q = joints.double() - joints.double().mean(0)
+        q = q / q.std(0).clamp_min(1e-6)
+        w = torch.linalg.solve(z.T @ z + ridge * len(z) * torch.eye(z.shape[1], dtype=z.dtype), z.T @ q).T
+        r2 = 1 - (z @ w.T - q).pow(2).mean(0) / q.var(0, correction=0)
+        pairs = torch.randperm(len(z), generator=torch.Generator().manual_seed(seed))
+        d = z[pairs] - z
+        scale = d.pow(2).sum(-1).mean() / (d @ w.T).pow(2).sum(-1).mean().clamp_min(1e-12)
+        return cls(w.float(), float(scale), r2.tolist())
+
+    def to_dict(self) -> dict:
+        return {"weights": self.weights.tolist(), "scale": self.scale, "r2": self.r2}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "JointMetric":
+        return cls(torch.tensor(d["weights"], dtype=torch.float32), float(d["scale"]), list(d.get("r2", [])))
+
+
+def goal_cost(latents: torch.Tensor, goal: torch.Tensor, kind: str, metric: JointMetric | None = None,
+              joint_weight: float = 0.0) -> torch.Tensor:
+    """Distance of (S, D) latents to the goal (D,): squared L2 or mean L1, plus the weighted joint-probe term."""
     diff = latents.float() - goal.float()
-    return diff.pow(2).sum(-1) if kind == "l2" else diff.abs().mean(-1)
+    cost = diff.pow(2).sum(-1) if kind == "l2" else diff.abs().mean(-1)
+    if metric is not None and joint_weight > 0:
+        cost = cost + joint_weight * metric.scale * (diff @ metric.weights.to(diff.device).T).pow(2).sum(-1)
+    return cost
 
 
 def normalised_bounds(model, low, high, max_step=None):
@@ -50,9 +92,10 @@ def normalised_bounds(model, low, high, max_step=None):
 
 class CEMPlanner:
     def __init__(self, model, cfg: PlannerConfig | None = None, action_low=None, action_high=None, seed: int = 0,
-                 max_step=None):
+                 max_step=None, metric: JointMetric | None = None):
         """action_low/high: bounds per env-step action dimension, max_step: largest change of each dimension
-        from one env step to the next; all in model (normalised) units. None: unbounded."""
+        from one env step to the next; all in model (normalised) units. None: unbounded.
+        metric: the checkpoint's joint probe, used when cfg.joint_weight > 0."""
         self.cfg = cfg or PlannerConfig()
         mcfg = model.cfg
         self.A, self.D, self.device = mcfg.action_block, mcfg.latent_dim, next(model.parameters()).device
@@ -68,6 +111,7 @@ class CEMPlanner:
         self.max_step = None if max_step is None else torch.as_tensor(max_step, dtype=torch.float32).to(self.device)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.previous: torch.Tensor | None = None
+        self.metric = metric
 
     def reset(self):
         """Forget the warm start (new goal, or control handed back after a stop)."""
@@ -123,7 +167,7 @@ class CEMPlanner:
             noise = torch.randn(max(cfg.samples - 2, 0), N, A, device=self.device, generator=self.generator)
             candidates = torch.cat([best[None], mean[None], self._feasible(mean + std * noise, current)])[: cfg.samples]
             final = self.model.rollout(history, history_actions, candidates.to(self.dtype), **prefix)[:, -1]
-            cost = goal_cost(final, goal, cfg.cost)
+            cost = goal_cost(final, goal, cfg.cost, self.metric, cfg.joint_weight)
             elite_cost, idx = torch.topk(cost, cfg.elites, largest=False)
             elites = candidates[idx]
             mean, std = elites.mean(0), elites.std(0).clamp(cfg.min_std, cfg.max_std)

@@ -9,7 +9,7 @@ import yaml
 from jepa_wm.core.config import PlannerConfig
 from jepa_wm.resources import config_file, model_file
 
-PLANNER_KEYS = ("samples", "iterations", "warm_iterations", "elites", "horizon", "cost")
+PLANNER_KEYS = ("samples", "iterations", "warm_iterations", "elites", "horizon", "cost", "joint_weight")
 
 
 def default_model_path() -> Path:

@@ -19,7 +19,7 @@ import torch
 
 from jepa_wm.core.config import PlannerConfig
 from jepa_wm.core.model import WorldModel, preprocess
-from jepa_wm.core.planner import CEMPlanner, normalised_bounds
+from jepa_wm.core.planner import CEMPlanner, JointMetric, normalised_bounds
 
 
 @dataclass
@@ -74,10 +74,11 @@ class LatentAgent:
     """Receding-horizon CEM on the world model: encode, plan, send the first action."""
 
     def __init__(self, model: WorldModel, planner_cfg: PlannerConfig, meta: dict, seed: int = 0):
-        """meta: the checkpoint's metadata (action bounds and rate limit of the training data)."""
+        """meta: the checkpoint's metadata (action bounds and rate limit of the training data, joint probe)."""
         self.model = model
         low, high, step = normalised_bounds(model, meta["action_low"], meta["action_high"], meta.get("action_max_step"))
-        self.planner = CEMPlanner(model, planner_cfg, low, high, seed=seed, max_step=step)
+        metric = JointMetric.from_dict(meta["joint_metric"]) if "joint_metric" in meta else None
+        self.planner = CEMPlanner(model, planner_cfg, low, high, seed=seed, max_step=step, metric=metric)
         self.H = model.cfg.history
 
     @torch.no_grad()

@@ -98,6 +98,7 @@ class Planner(LifecycleNode):
             "elites": d("elites", 8, "CEM elites"),
             "horizon": d("horizon", 1, "planning horizon (latent steps)"),
             "cost": d("cost", "l2", "goal cost: 'l2' or 'l1'"),
+            "joint_weight": d("joint_weight", 3.0, "weight of the checkpoint's joint-probe term in the goal cost (0 = off)"),
             "seed": d("seed", 0, "planner random seed"),
             "torch_threads": d("torch_threads", 1, "torch CPU threads"),
             "backends": d("backends", ["torch"], "inference backends to try in order: tensorrt, onnxruntime, torch", kind="str[]"),
@@ -110,6 +111,7 @@ class Planner(LifecycleNode):
         require(len(p["joint_names"]) > 0 and all(p["joint_names"]), "joint_names", "is empty: set the arm's joint names")
         require(p["control_period"] > 0 and math.isfinite(p["control_period"]), "control_period", "must be a positive number of seconds")
         require(p["cost"] in ("l2", "l1"), "cost", f"is {p['cost']!r}; set 'l2' or 'l1'")
+        require(p["joint_weight"] >= 0, "joint_weight", f"is {p['joint_weight']}; it must be >= 0")
         known = ("tensorrt", "onnxruntime", "torch")
         require(p["backends"] and set(p["backends"]) <= set(known), "backends", f"is {p['backends']}; choose from {list(known)}")
         require(p["precision"] in ("float32", "bfloat16", "auto"), "precision",
@@ -139,7 +141,7 @@ class Planner(LifecycleNode):
 
         from jepa_wm.core.checkpoint import CheckpointError, load_checkpoint
         from jepa_wm.core.config import PlannerConfig
-        from jepa_wm.core.planner import CEMPlanner, normalised_bounds
+        from jepa_wm.core.planner import CEMPlanner, JointMetric, normalised_bounds
 
         p = self.p
         torch.set_num_threads(p["torch_threads"])
@@ -162,7 +164,12 @@ class Planner(LifecycleNode):
             hi = np.asarray(meta.get("action_high") or [math.pi] * cfg.action_dim, dtype=float)
         self.lo, self.hi = lo, hi
         pcfg = PlannerConfig(samples=p["samples"], iterations=p["iterations"], elites=p["elites"],
-                             horizon=p["horizon"], cost=p["cost"], warm_iterations=p["warm_iterations"])
+                             horizon=p["horizon"], cost=p["cost"], warm_iterations=p["warm_iterations"],
+                             joint_weight=p["joint_weight"])
+        metric = JointMetric.from_dict(meta["joint_metric"]) if "joint_metric" in meta else None
+        if metric is None and p["joint_weight"] > 0:
+            self.get_logger().warning(f"checkpoint {p['model']} has no joint probe (jepa-wm finetune adds one): "
+                                      "the goal cost is the latent distance alone")
         low, high, max_step = normalised_bounds(model, lo, hi, meta.get("action_max_step"))
         self.model, self.torch = model, torch
         from jepa_wm.backends import BackendUnavailable, load_backend_config, select_backend
@@ -177,7 +184,7 @@ class Planner(LifecycleNode):
             raise ParameterError(f"parameter 'backends': {e}") from None
         self.backend = sel.name
         self.encode = lambda rgb: sel.encoder.encode(np.array(rgb, dtype=np.uint8)[None])[0].float().numpy()
-        self.cem = CEMPlanner(sel.predictor, pcfg, low, high, seed=p["seed"], max_step=max_step)
+        self.cem = CEMPlanner(sel.predictor, pcfg, low, high, seed=p["seed"], max_step=max_step, metric=metric)
         self.history = collections.deque(maxlen=cfg.history)  # (latent tensor, executed action tensor or None)
         if p["goal_image"]:
             self._set_goal(self._read_goal_file(p["goal_image"]), f"file {p['goal_image']}")
@@ -225,7 +232,7 @@ class Planner(LifecycleNode):
             return fn(msg)
         except ValueError as e:
             self.bad_frames += 1
-            self.get_logger().warn(f"dropping frame: {e}", throttle_duration_sec=2.0)
+            self.get_logger().warning(f"dropping frame: {e}", throttle_duration_sec=2.0)
             return None
 
     def _on_image(self, msg):
@@ -270,7 +277,7 @@ class Planner(LifecycleNode):
         try:
             self.measured = np.asarray([msg.position[list(msg.name).index(j)] for j in self.p["joint_names"]], dtype=float)
         except (ValueError, IndexError):
-            self.get_logger().warn(f"joint_states {list(msg.name)} lack some of {self.p['joint_names']}", throttle_duration_sec=5.0)
+            self.get_logger().warning(f"joint_states {list(msg.name)} lack some of {self.p['joint_names']}", throttle_duration_sec=5.0)
 
     def _on_gate_state(self, msg):
         try:

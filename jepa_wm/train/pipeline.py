@@ -1,4 +1,5 @@
-"""From episodes to a deployable checkpoint: split, fit action statistics, train, calibrate surprise.
+"""From episodes to a deployable checkpoint: split, fit action statistics, train, fit the planner's joint
+probe, calibrate surprise.
 
 `jepa-wm train` and `jepa-wm finetune` are both this function; fine-tuning
 starts from a parent checkpoint and freezes the encoder.
@@ -15,7 +16,8 @@ import yaml
 
 from jepa_wm.core.checkpoint import load_checkpoint, save_checkpoint
 from jepa_wm.core.config import ModelConfig
-from jepa_wm.core.model import build_model
+from jepa_wm.core.model import build_model, preprocess
+from jepa_wm.core.planner import JointMetric
 from jepa_wm.data.dataset import ClipDataset, action_stats, split_episodes
 from jepa_wm.resources import config_file
 from jepa_wm.train.calibration import calibrate_model
@@ -43,6 +45,21 @@ def collect_manifest(bag_paths) -> dict:
             if found:
                 return yaml.safe_load(found[0].read_text()) or {}
     return {}
+
+
+@torch.no_grad()
+def fit_joint_metric(model, episodes, max_frames: int = 3000) -> JointMetric:
+    """The planner's joint probe (core/planner.py) from up to max_frames frames spread over the episodes."""
+    model.eval()
+    device = next(model.parameters()).device
+    every = max(1, sum(len(ep) for ep in episodes) // max_frames)
+    latents, joints = [], []
+    for ep in episodes:
+        frames = torch.as_tensor(ep.frames[::every])
+        latents += [model.encode(preprocess(frames[i:i + 256], model.cfg.image_size).to(device)).cpu()
+                    for i in range(0, len(frames), 256)]
+        joints.append(torch.as_tensor(ep.joints[::every]))
+    return JointMetric.fit(torch.cat(latents).float(), torch.cat(joints).float())
 
 
 def fit(episodes, config: dict, out_dir, parent: str | None = None, sources=None) -> Path:
@@ -90,7 +107,7 @@ def fit(episodes, config: dict, out_dir, parent: str | None = None, sources=None
         calibration = calibrate_model(model, val_eps, cal.get("quantile", 0.999), cal.get("margin", 1.5),
                                       cal.get("consecutive", 2), cal.get("whiten", False))
         meta.update(step=tcfg.steps, metrics=metrics, surprise=calibration.to_dict(), train_seconds=round(time.time() - t0, 1),
-                    train_config=config)
+                    train_config=config, joint_metric=fit_joint_metric(model, train_eps).to_dict())
         save_checkpoint(path, model.cpu(), meta)
         print(f"saved {path}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
               + f"; surprise threshold {calibration.threshold:.2f} (nominal false-trip rate {calibration.false_trip_rate:.4f})")
