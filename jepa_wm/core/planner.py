@@ -111,7 +111,7 @@ class CEMPlanner:
         self.max_step = None if max_step is None else torch.as_tensor(max_step, dtype=torch.float32).to(self.device)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.previous: torch.Tensor | None = None
-        self.metric = metric
+        self.metric = None if metric is None else JointMetric(metric.weights.to(self.device), metric.scale, metric.r2)
 
     def reset(self):
         """Forget the warm start (new goal, or control handed back after a stop)."""
