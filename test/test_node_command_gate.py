@@ -17,12 +17,17 @@ from jepa_wm.nodes.common import LATCHED_QOS  # noqa: E402
 
 JOINTS = ["base_yaw", "shoulder", "elbow"]
 MEASURED = [0.1, -0.2, 0.3]
+AUTO = [0.3, 0.0, 0.2]  # a planner's command: within autonomy_max_speed x 0.1 s of the measured joints
 
 
-def traj(positions, names=JOINTS):
-    pt = JointTrajectoryPoint(positions=[float(x) for x in positions])
-    pt.time_from_start.nanosec = 100_000_000
-    return JointTrajectory(joint_names=list(names), points=[pt])
+def traj(*points, names=JOINTS):
+    """A trajectory with one point every 0.1 s."""
+    out = JointTrajectory(joint_names=list(names))
+    for i, positions in enumerate(points):
+        pt = JointTrajectoryPoint(positions=[float(x) for x in positions])
+        pt.time_from_start.nanosec = 100_000_000 * (i + 1)
+        out.points.append(pt)
+    return out
 
 
 class Rig:
@@ -72,22 +77,22 @@ def test_silent_autonomy_holds_at_measured_position_and_never_replays(ros, start
     rig.wait_up(gate)
     res = rig.engage()
     assert res.success, res.message
-    rig.stream(rig.auto, lambda: traj([0.5, 0.5, 0.5]), 1.0)
-    forwarded = [m for _, m in rig.out if rig.positions(m) == [0.5, 0.5, 0.5]]
+    rig.stream(rig.auto, lambda: traj(AUTO), 1.0)
+    forwarded = [m for _, m in rig.out if rig.positions(m) == AUTO]
     assert len(forwarded) >= 10, "fresh autonomy commands are forwarded"
     assert rig.state()["mode"] == "autonomy"
     # The arm is elsewhere (the controller lags), then the planner goes silent.
     rig.measured = [0.25, 0.15, -0.05]
-    rig.stream(rig.auto, lambda: traj([0.5, 0.5, 0.5]), 0.3)
+    rig.stream(rig.auto, lambda: traj(AUTO), 0.3)
     n_before, t_silent = len(rig.out), time.monotonic()
-    assert ros.spin_until(lambda: any(rig.positions(m) != [0.5, 0.5, 0.5] for _, m in rig.out[n_before:]), 2.0)
-    t_hold, hold = next((t, m) for t, m in rig.out[n_before:] if rig.positions(m) != [0.5, 0.5, 0.5])
+    assert ros.spin_until(lambda: any(rig.positions(m) != AUTO for _, m in rig.out[n_before:]), 2.0)
+    t_hold, hold = next((t, m) for t, m in rig.out[n_before:] if rig.positions(m) != AUTO)
     assert t_hold - t_silent < 0.3 + 0.25, f"hold came {t_hold - t_silent:.3f} s after the planner stopped (timeout 0.3 s)"
     assert np.allclose(rig.positions(hold), rig.measured, atol=1e-9), "hold is at the measured position"
     assert list(hold.points[0].velocities) == [0.0, 0.0, 0.0]
     ros.spin_for(1.0)
     later = rig.out[rig.out.index((t_hold, hold)) + 1:]
-    assert not any(rig.positions(m) == [0.5, 0.5, 0.5] for _, m in later), "the stale command is never replayed"
+    assert not any(rig.positions(m) == AUTO for _, m in later), "the stale command is never replayed"
     assert rig.state()["mode"] == "hold" and "silent" in rig.state()["reason"]
     assert gate.alive()
 
@@ -97,26 +102,26 @@ def test_teleop_preempts_autonomy(ros, start_node):
     rig = Rig(ros)
     rig.wait_up(gate)
     assert rig.engage().success
-    rig.stream(rig.auto, lambda: traj([0.5, 0.5, 0.5]), 0.6)
+    rig.stream(rig.auto, lambda: traj(AUTO), 0.6)
     assert rig.state()["mode"] == "autonomy"
     n0 = len(rig.out)
     # Teleop (joint names in another order) while the planner keeps streaming.
     end = time.monotonic() + 1.0
     while time.monotonic() < end:
-        rig.auto.publish(traj([0.5, 0.5, 0.5]))
+        rig.auto.publish(traj(AUTO))
         rig.teleop.publish(traj([-0.3, 0.2, -0.1], names=["elbow", "shoulder", "base_yaw"]))
         ros.spin_for(0.05)
     after = [rig.positions(m) for _, m in rig.out[n0:]]
     assert [-0.1, 0.2, -0.3] in after, "teleop is forwarded, reordered to the controller's joints"
     first_teleop = after.index([-0.1, 0.2, -0.3])
-    assert [0.5, 0.5, 0.5] not in after[first_teleop:], "no autonomy command after teleop took over"
+    assert AUTO not in after[first_teleop:], "no autonomy command after teleop took over"
     st = rig.state()
     assert st["mode"] == "teleop" and not st["engaged"], st
     # Teleop released: hold at the measured position, autonomy stays disengaged until re-engaged.
     n1 = len(rig.out)
-    rig.stream(rig.auto, lambda: traj([0.5, 0.5, 0.5]), 1.2)
+    rig.stream(rig.auto, lambda: traj(AUTO), 1.2)
     after = [rig.positions(m) for _, m in rig.out[n1:]]
-    assert after and np.allclose(after[0], MEASURED) and [0.5, 0.5, 0.5] not in after
+    assert after and np.allclose(after[0], MEASURED) and AUTO not in after
     assert rig.state()["mode"] == "hold"
 
 
@@ -125,17 +130,17 @@ def test_stop_latch_holds_and_blocks_everything_until_reset(ros, start_node):
     rig = Rig(ros)
     rig.wait_up(gate)
     assert rig.engage().success
-    rig.stream(rig.auto, lambda: traj([0.5, 0.5, 0.5]), 0.5)
+    rig.stream(rig.auto, lambda: traj(AUTO), 0.5)
     # A rejected command logs a throttled warning; the stop's warning must not crash the gate after it
     # (rclpy's deprecated Logger.warn() shares one call site between both and raised here).
     rig.auto_arr.publish(Float64MultiArray(data=[float("nan")] * 3))
     assert gate.wait_output("dropping autonomy command", 5), gate.output
     n0 = len(rig.out)
     rig.stop.publish(Bool(data=True))
-    rig.stream(rig.auto, lambda: traj([0.5, 0.5, 0.5]), 0.3)
+    rig.stream(rig.auto, lambda: traj(AUTO), 0.3)
     rig.stream(rig.teleop, lambda: traj([0.7, 0.7, 0.7]), 0.5)
     after = [rig.positions(m) for _, m in rig.out[n0:]]
-    i = next(i for i, p in enumerate(after) if p != [0.5, 0.5, 0.5])
+    i = next(i for i, p in enumerate(after) if p != AUTO)
     assert np.allclose(after[i], MEASURED), "stop -> one hold at the measured position"
     assert after[i + 1:] == [], f"nothing forwarded while stopped: {after[i + 1:]}"
     assert rig.state()["mode"] == "stopped"
@@ -144,16 +149,31 @@ def test_stop_latch_holds_and_blocks_everything_until_reset(ros, start_node):
     # Reset (the monitor publishes False): still disengaged, nothing forwarded until re-engaged.
     rig.stop.publish(Bool(data=False))
     n1 = len(rig.out)
-    rig.stream(rig.auto, lambda: traj([0.5, 0.5, 0.5]), 0.5)
-    assert [0.5, 0.5, 0.5] not in [rig.positions(m) for _, m in rig.out[n1:]]
+    rig.stream(rig.auto, lambda: traj(AUTO), 0.5)
+    assert AUTO not in [rig.positions(m) for _, m in rig.out[n1:]]
     assert rig.engage().success
-    rig.stream(rig.auto, lambda: traj([0.5, 0.5, 0.5]), 0.5)
-    assert [0.5, 0.5, 0.5] in [rig.positions(m) for _, m in rig.out[n1:]]
+    rig.stream(rig.auto, lambda: traj(AUTO), 0.5)
+    assert AUTO in [rig.positions(m) for _, m in rig.out[n1:]]
     assert gate.alive()
 
 
+def test_autonomy_leads_the_measured_joints_by_at_most_max_speed_times_time(ros, start_node):
+    gate = start_node("command_gate", "gate.yaml")  # autonomy_max_speed 3 rad/s
+    rig = Rig(ros)
+    rig.wait_up(gate)
+    assert rig.engage().success
+    # A planner pressing the arm into a table: its commands run ahead of where the arm is.
+    rig.stream(rig.auto, lambda: traj([1.5, -0.2, 0.3], [2.5, -0.2, -1.0]), 0.5)
+    got = [np.array([p.positions for p in m.points]) for _, m in rig.out if len(m.points) == 2]
+    assert got and np.allclose(got[-1], [[0.4, -0.2, 0.3], [0.7, -0.2, -0.3]]), got[-1:]
+    assert gate.wait_output("autonomy command leads the measured joints by 1.40 rad", 5), gate.output
+    # Teleop is a person's command: not limited.
+    rig.stream(rig.teleop, lambda: traj([1.5, -0.2, 0.3]), 0.3)
+    assert [1.5, -0.2, 0.3] in [rig.positions(m) for _, m in rig.out]
+
+
 def test_forward_command_controller_and_missing_monitor(ros, start_node):
-    gate = start_node("command_gate", "gate.yaml", {"controller_type": "forward_command",
+    gate = start_node("command_gate", "gate.yaml", {"controller_type": "forward_command", "autonomy_max_speed": 0.0,
                                                     "joint_lower_limits": [-1.0, -1.0, -1.0],
                                                     "joint_upper_limits": [1.0, 1.0, 2.4]})
     rig = Rig(ros, "forward_command")
@@ -177,6 +197,7 @@ def test_forward_command_controller_and_missing_monitor(ros, start_node):
     ({"controller_type": "velocity"}, "controller_type"),
     ({"joint_names": ["a", "b"], "joint_lower_limits": [0.0], "joint_upper_limits": [1.0]}, "joint_lower_limits"),
     ({"autonomy_timeout": -1.0}, "autonomy_timeout"),
+    ({"autonomy_max_speed": -3.0}, "autonomy_max_speed"),
     ({"teleop_timeout": "soon"}, "teleop_timeout"),
 ])
 def test_invalid_parameters_refuse_to_start(start_node, overrides, needle):

@@ -82,6 +82,7 @@ class CommandGate(Node):
         self.reason = "starting: autonomy disengaged"
         self.hold_position: list | None = None
         self.forwarded = 0
+        self.limited = 0  # autonomy points bounded by autonomy_max_speed
 
         if p["controller_type"] == "joint_trajectory":
             self.out_topic = f"{p['controller_name']}/joint_trajectory"
@@ -128,6 +129,8 @@ class CommandGate(Node):
             "autonomy_topic": d("autonomy_topic", "~/autonomy", "autonomy (planner) input namespace"),
             "autonomy_priority": d("autonomy_priority", 10, "autonomy priority (higher wins)"),
             "autonomy_timeout": d("autonomy_timeout", 0.3, "autonomy input goes stale after this many seconds: hold"),
+            "autonomy_max_speed": d("autonomy_max_speed", 3.0, "an autonomy point may lead the measured position by at most this "
+                                    "(rad/s) x its time_from_start; 0 = no limit"),
             "stop_topic": d("stop_topic", DEFAULT_STOP_TOPIC, "latched protective stop (std_msgs/Bool, transient local)"),
             "require_monitor": d("require_monitor", True, "forward autonomy only while the stop topic has a publisher"),
             "joint_states_topic": d("joint_states_topic", "/joint_states", "measured joint positions"),
@@ -142,6 +145,8 @@ class CommandGate(Node):
         require(len(set(p["joint_names"])) == len(p["joint_names"]), "joint_names", "has duplicates")
         for k in ("teleop_timeout", "autonomy_timeout", "joint_states_timeout", "rate", "command_duration"):
             require(p[k] > 0 and math.isfinite(p[k]), k, f"is {p[k]}; it must be a positive number")
+        require(p["autonomy_max_speed"] >= 0 and math.isfinite(p["autonomy_max_speed"]), "autonomy_max_speed",
+                f"is {p['autonomy_max_speed']}; it must be >= 0 rad/s (0 = no limit)")
         require(p["teleop_priority"] != p["autonomy_priority"], "teleop_priority", "must differ from autonomy_priority")
         self.limits = check_limits(p["joint_names"], p["joint_lower_limits"], p["joint_upper_limits"])
         self.p = p
@@ -198,8 +203,29 @@ class CommandGate(Node):
     def _reject(self, name: str, why: str):
         self.get_logger().warning(f"dropping {name} command: {why}", throttle_duration_sec=2.0)
 
+    def _limit_lead(self, traj: JointTrajectory) -> JointTrajectory:
+        """Bound how far autonomy leads the measured joints. A planner whose model never saw contact keeps
+        commanding through a table it presses against; the limit bounds that wind-up, and so the force."""
+        v = self.p["autonomy_max_speed"]
+        if v <= 0 or self.measured is None:
+            return traj
+        for pt in traj.points:
+            t = max(pt.time_from_start.sec + pt.time_from_start.nanosec * 1e-9, self.p["command_duration"])
+            pos = np.asarray(pt.positions)
+            bounded = np.clip(pos, self.measured - v * t, self.measured + v * t)
+            if np.any(bounded != pos):
+                self.limited += 1
+                self.get_logger().warning(
+                    f"autonomy command leads the measured joints by {np.abs(pos - self.measured).max():.2f} rad "
+                    f"at {t:.2f} s: limited to {v * t:.2f} (autonomy_max_speed {v} rad/s); is the arm blocked?",
+                    throttle_duration_sec=2.0)
+            pt.positions = self._clip(bounded).tolist()
+        return traj
+
     def _accept(self, name: str, traj: JointTrajectory):
         now = self._now()
+        if name == "autonomy":
+            traj = self._limit_lead(traj)
         inp = self.inputs[name]
         inp.last_ns, inp.trajectory = now, traj
         inp.count += 1
@@ -360,7 +386,7 @@ class CommandGate(Node):
                               message=f"{self.mode}: {self._state_dict()['reason']}")
         st.values = [KeyValue(key=k, value=str(v)) for k, v in (
             ("mode", self.mode), ("engaged", self.engaged), ("stopped", self.stopped),
-            ("output", self.out.topic_name), ("forwarded", self.forwarded),
+            ("output", self.out.topic_name), ("forwarded", self.forwarded), ("autonomy_points_limited", self.limited),
             ("teleop_messages", self.inputs["teleop"].count), ("autonomy_messages", self.inputs["autonomy"].count),
             ("joint_states_age_s", "never" if self.measured_ns is None else f"{(now - self.measured_ns) / 1e9:.3f}"),
         )]
