@@ -25,6 +25,7 @@ def generate_launch_description():
     config = os.path.join(share, "config")
     model = LaunchConfiguration("model")
     camera_topic = LaunchConfiguration("camera_topic")
+    image_transport = LaunchConfiguration("image_transport")
     controller_type = LaunchConfiguration("controller_type")
     controller_name = LaunchConfiguration("controller_name")
     joint_names = LaunchConfiguration("joint_names")
@@ -35,7 +36,9 @@ def generate_launch_description():
         DeclareLaunchArgument("model", default_value=os.path.join(share, "models", "sim.safetensors"),
                               description="jepa_wm checkpoint (.safetensors)"),
         DeclareLaunchArgument("camera_topic", default_value="/camera/image_raw",
-                              description="camera Image topic (CompressedImage on <topic>/compressed)"),
+                              description="camera Image topic"),
+        DeclareLaunchArgument("image_transport", default_value="raw", choices=["raw", "compressed"],
+                              description="read Image on camera_topic, or CompressedImage on <camera_topic>/compressed"),
         DeclareLaunchArgument("controller_type", default_value="joint_trajectory",
                               choices=["joint_trajectory", "forward_command"],
                               description="which ros2_control controller the gate feeds"),
@@ -47,13 +50,14 @@ def generate_launch_description():
         Node(
             package="jepa_wm", executable="planner", name="planner", output="screen",
             parameters=[os.path.join(config, "planner.yaml"), common, {
-                "model": model, "camera_topic": camera_topic, "output_type": output_type,
+                "model": model, "camera_topic": camera_topic, "image_transport": image_transport, "output_type": output_type,
                 "joint_names": joint_names,
             }],
         ),
         Node(
             package="jepa_wm", executable="surprise_monitor", name="surprise_monitor", output="screen",
-            parameters=[os.path.join(config, "monitor.yaml"), common, {"model": model, "camera_topic": camera_topic}],
+            parameters=[os.path.join(config, "monitor.yaml"), common, {"model": model, "camera_topic": camera_topic,
+                                                                         "image_transport": image_transport}],
         ),
         Node(
             package="jepa_wm", executable="command_gate", name="command_gate", output="screen",

@@ -196,6 +196,7 @@ def tiny_checkpoint(tmp_path_factory):
         "joint_names": ["base_yaw", "shoulder", "elbow"],
         "action_low": [-1.5, -1.5, -1.5],
         "action_high": [1.5, 1.5, 1.5],
+        "step_s": 0.1,
         "surprise": {"scale": 1e-3, "threshold": 5.0, "quantile": 0.999, "consecutive": 2,
                      "false_trip_rate": 0.0, "instant": 1000.0},
     }

@@ -55,25 +55,22 @@ def _up(ros, start_node, ckpt, **over):
     node = start_node("planner", "planner.yaml", {"model": str(ckpt), **over})
     assert node.wait_output("active", 60), node.output
     rig = Rig(ros)
-    assert ros.spin_until(lambda: ros.node.count_subscribers("/camera/image_raw") > 0, 15)
+    camera = "/camera/image_raw" + ("/compressed" if over.get("image_transport") == "compressed" else "")
+    assert ros.spin_until(lambda: ros.node.count_subscribers(camera) > 0, 15)
     return node, rig
 
 
 def test_plans_executable_trajectories_with_stamped_latents(ros, start_node, tiny_checkpoint):
     node, rig = _up(ros, start_node, tiny_checkpoint, horizon=3)  # a multi-point trajectory (the shipped horizon is 1)
+    assert ros.node.count_subscribers("/camera/image_raw/compressed") == 0  # image_transport: raw
     rig.frame()
     res = ros.call(Trigger, "/planner/capture_goal", Trigger.Request())
     assert res.success, res.message
-    # Every encoding a camera may send: rgb8, bgr8, mono8, and PNG on /compressed.
+    # Every raw encoding a camera may send: rgb8, bgr8, mono8.
     bgr = image_msg_from_rgb(scene(50)[..., ::-1].copy())
     bgr.encoding = "bgr8"
     mono = Image(height=64, width=64, encoding="mono8", step=64, data=scene(3)[..., 1].tobytes())
-    from PIL import Image as PILImage
-
-    buf = io.BytesIO()
-    PILImage.fromarray(scene(7)).save(buf, format="PNG")
-    png = CompressedImage(format="png", data=buf.getvalue())
-    for msg in (None, bgr, None, mono, None, png, None, None):
+    for msg in (None, bgr, None, mono, None, None, None):
         rig.frame(msg)
     assert ros.spin_until(lambda: len(rig.traj) >= 5, 10), node.output
     for _, t in rig.traj:
@@ -108,14 +105,49 @@ def test_malformed_frames_are_logged_and_dropped(ros, start_node, tiny_checkpoin
     assert node.alive()
 
 
-def test_forward_command_output(ros, start_node, tiny_checkpoint):
-    node, rig = _up(ros, start_node, tiny_checkpoint, output_type="forward_command")
-    rig.frame()
+def png(k):
+    from PIL import Image as PILImage
+
+    buf = io.BytesIO()
+    PILImage.fromarray(scene(k)).save(buf, format="PNG")
+    return CompressedImage(format="png", data=buf.getvalue())
+
+
+def test_forward_command_output_from_a_compressed_camera(ros, start_node, tiny_checkpoint):
+    node, rig = _up(ros, start_node, tiny_checkpoint, output_type="forward_command", image_transport="compressed")
+    # One transport only: a driver compresses while someone listens, and both would decode each frame twice.
+    assert ros.node.count_subscribers("/camera/image_raw") == 0
+    rig.frame(png(0))
     assert ros.call(Trigger, "/planner/capture_goal", Trigger.Request()).success
-    for _ in range(4):
-        rig.frame()
+    for k in range(1, 5):
+        rig.frame(png(k))
     assert ros.spin_until(lambda: len(rig.arr) >= 2, 10), node.output
     assert all(len(m.data) == 3 for _, m in rig.arr)
+
+
+def test_cleanup_and_configure_again_leave_one_of_everything(ros, start_node, tiny_checkpoint):
+    """A lifecycle manager may clean up and configure again: no second control timer, topic or service."""
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState
+
+    node, rig = _up(ros, start_node, tiny_checkpoint)
+    for t in (Transition.TRANSITION_DEACTIVATE, Transition.TRANSITION_CLEANUP):
+        assert ros.call(ChangeState, "/planner/change_state", ChangeState.Request(transition=Transition(id=t))).success
+    assert ros.spin_until(lambda: ros.node.count_publishers("/command_gate/autonomy/joint_trajectory") == 0, 5)
+    assert ros.spin_until(lambda: ros.node.count_subscribers("/camera/image_raw") == 0, 5)
+    for t in (Transition.TRANSITION_CONFIGURE, Transition.TRANSITION_ACTIVATE):
+        assert ros.call(ChangeState, "/planner/change_state", ChangeState.Request(transition=Transition(id=t))).success
+    assert ros.spin_until(lambda: ros.node.count_subscribers("/camera/image_raw") == 1, 5)
+    ros.spin_for(0.5)
+    assert ros.node.count_publishers("/command_gate/autonomy/joint_trajectory") == 1
+    assert ros.node.count_subscribers("/camera/image_raw") == 1
+    rig.frame()
+    assert ros.call(Trigger, "/planner/capture_goal", Trigger.Request()).success
+    n = len(rig.traj)
+    for _ in range(3):
+        rig.frame()
+    assert ros.spin_until(lambda: len(rig.traj) > n, 10), node.output
+    assert node.alive()
 
 
 @pytest.mark.parametrize("over,needle", [
@@ -123,6 +155,8 @@ def test_forward_command_output(ros, start_node, tiny_checkpoint):
     ({"joint_names": ["a", "b", "c"]}, "parameter 'joint_names'"),
     ({"elites": 1000}, "parameter 'elites'"),
     ({"output_type": "velocity"}, "parameter 'output_type'"),
+    ({"control_period": 0.05}, "parameter 'control_period'"),
+    ({"image_transport": "theora"}, "parameter 'image_transport'"),  # the checkpoint predicts 0.1 s steps
 ])
 def test_bad_parameters_refuse_to_start(start_node, tiny_checkpoint, over, needle):
     node = start_node("planner", "planner.yaml", {"model": str(tiny_checkpoint), **over})

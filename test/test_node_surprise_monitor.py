@@ -164,6 +164,8 @@ def test_malformed_frames_are_reported_and_the_monitor_survives(ros, start_node,
 @pytest.mark.parametrize("over,needle", [
     ({"model": "/nonexistent/model.safetensors"}, "parameter 'model'"),
     ({"camera_timeout": 0.0}, "parameter 'camera_timeout'"),
+    ({"prediction_dt": 0.2}, "parameter 'prediction_dt'"),  # the checkpoint predicts 0.1 s steps
+    ({"image_transport": "theora"}, "parameter 'image_transport'"),
 ])
 def test_bad_parameters_refuse_to_start(start_node, tiny_checkpoint, over, needle):
     params = {"model": str(tiny_checkpoint), **over}

@@ -25,6 +25,7 @@ def test_train_writes_a_deployable_checkpoint_metrics_and_plot(trained):
     assert model.cfg.image_size == 32 and meta["step"] == 60
     # Everything a deployment needs travels in the checkpoint.
     assert {"action_low", "action_high", "surprise", "metrics", "sources"} <= set(meta)
+    assert meta["step_s"] == pytest.approx(0.1)  # the synthetic frames' spacing: the planner's control period
     assert meta["surprise"]["threshold"] > 0 and meta["surprise"]["scale"] > 0
     # The planner's joint probe: one row per joint over the latent, fitted on the training episodes.
     probe = meta["joint_metric"]

@@ -123,6 +123,29 @@ def check_limits(names, lower, upper):
     return lo, hi
 
 
+IMAGE_TRANSPORTS = ("raw", "compressed")
+
+
+def subscribe_camera(node, topic: str, transport: str, on_image, on_compressed):
+    """One camera subscription, named as image_transport names them: Image on `topic`, or CompressedImage on
+    `topic`/compressed. One, not both: a driver compresses only while someone listens, and a node on both
+    would decode every frame twice."""
+    from sensor_msgs.msg import CompressedImage
+
+    if transport == "compressed":
+        return node.create_subscription(CompressedImage, topic.rstrip("/") + "/compressed", on_compressed, SENSOR_QOS)
+    return node.create_subscription(Image, topic, on_image, SENSOR_QOS)
+
+
+def check_model_step(name: str, value: float, meta: dict, model: str):
+    """A model predicts steps as far apart as the frames it was trained on: `name` (seconds) must match it."""
+    step = (meta or {}).get("step_s")
+    if step is not None:
+        require(abs(value - step) <= 0.1 * step, name,
+                f"is {value} s but checkpoint {model} predicts steps of {step:.3g} s (the spacing of its training "
+                f"frames): set {name} to {step:.3g}")
+
+
 def resolve_model(path: str) -> str:
     """A checkpoint path as given, or, when relative and absent here, under the package's share dir."""
     from pathlib import Path
@@ -136,6 +159,21 @@ def resolve_model(path: str) -> str:
         return str(candidate) if candidate.exists() else path
     except (ImportError, FileNotFoundError):
         return path
+
+
+def destroy(node, entity):
+    """Destroy a publisher, subscription, service or timer that `node` created."""
+    from rclpy.publisher import Publisher
+    from rclpy.service import Service
+    from rclpy.subscription import Subscription
+    from rclpy.timer import Timer
+
+    for kind, fn in ((Publisher, node.destroy_publisher), (Subscription, node.destroy_subscription),
+                     (Service, node.destroy_service), (Timer, node.destroy_timer)):
+        if isinstance(entity, kind):
+            fn(entity)
+            return
+    raise TypeError(f"cannot destroy a {type(entity).__name__}")
 
 
 # ----------------------------------------------------------------------------- time

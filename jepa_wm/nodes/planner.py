@@ -30,7 +30,7 @@ import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.lifecycle import Node as LifecycleNode
 from rclpy.lifecycle import TransitionCallbackReturn
-from sensor_msgs.msg import CompressedImage, Image, JointState
+from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
@@ -38,10 +38,12 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from jepa_wm.nodes.common import (
     LATCHED_QOS,
     RELIABLE_QOS,
-    SENSOR_QOS,
+    IMAGE_TRANSPORTS,
     ParameterError,
     check_limits,
+    check_model_step,
     declare,
+    destroy,
     image_msg_from_rgb,
     main_for,
     require,
@@ -49,6 +51,7 @@ from jepa_wm.nodes.common import (
     rgb_from_compressed,
     rgb_from_image,
     seconds,
+    subscribe_camera,
     vector_from_msg,
     vector_msg,
 )
@@ -74,6 +77,7 @@ class Planner(LifecycleNode):
         self.status = "unconfigured"
         self.plan_ms = collections.deque(maxlen=50)
         self.plans = 0
+        self._owned = []  # publishers, subscriptions, service and timers made by configure
 
     def _params(self) -> dict:
         d = lambda *a, **k: declare(self, *a, **k)  # noqa: E731
@@ -82,7 +86,8 @@ class Planner(LifecycleNode):
             "joint_names": d("joint_names", None, "joints the model's actions command, in its action order", kind="str[]"),
             "joint_lower_limits": d("joint_lower_limits", [], "lower position limits (rad); [] = the checkpoint's action range", kind="float[]"),
             "joint_upper_limits": d("joint_upper_limits", [], "upper position limits (rad); [] = the checkpoint's action range", kind="float[]"),
-            "camera_topic": d("camera_topic", "/camera/image_raw", "camera Image topic (CompressedImage on <topic>/compressed)"),
+            "camera_topic": d("camera_topic", "/camera/image_raw", "camera topic (raw Image; image_transport: compressed reads <topic>/compressed)"),
+            "image_transport": d("image_transport", "raw", "'raw': Image on camera_topic, 'compressed': CompressedImage on <camera_topic>/compressed"),
             "joint_states_topic": d("joint_states_topic", "/joint_states", "measured joint positions"),
             "goal_topic": d("goal_topic", "~/goal_image", "goal Image topic"),
             "goal_image": d("goal_image", "", "goal image file (png/jpg) loaded at configure; '' = none"),
@@ -107,6 +112,8 @@ class Planner(LifecycleNode):
             "debug_image": d("debug_image", True, "publish ~/debug_image"),
             "autostart": d("autostart", True, "configure and activate at start-up (no lifecycle manager needed)"),
         }
+        require(p["image_transport"] in IMAGE_TRANSPORTS, "image_transport",
+                f"is {p['image_transport']!r}; set one of {list(IMAGE_TRANSPORTS)}")
         require(p["output_type"] in OUTPUT_TYPES, "output_type", f"is {p['output_type']!r}; set one of {list(OUTPUT_TYPES)}")
         require(len(p["joint_names"]) > 0 and all(p["joint_names"]), "joint_names", "is empty: set the arm's joint names")
         require(p["control_period"] > 0 and math.isfinite(p["control_period"]), "control_period", "must be a positive number of seconds")
@@ -158,6 +165,7 @@ class Planner(LifecycleNode):
                 f"has {len(names)} joints but the checkpoint's actions have {cfg.action_dim} dimensions")
         require(cfg.frameskip == 1, "model",
                 f"checkpoint {p['model']} has frameskip {cfg.frameskip}; this node plans one control step per latent step (frameskip 1)")
+        check_model_step("control_period", p["control_period"], meta, p["model"])
         lo, hi = self.limits
         if lo is None:
             lo = np.asarray(meta.get("action_low") or [-math.pi] * cfg.action_dim, dtype=float)
@@ -189,6 +197,7 @@ class Planner(LifecycleNode):
         if p["goal_image"]:
             self._set_goal(self._read_goal_file(p["goal_image"]), f"file {p['goal_image']}")
 
+        own = self._owned.append  # what configure creates, cleanup destroys
         self.cmd_pub = (self.create_publisher(JointTrajectory, f"{p['command_topic']}/joint_trajectory", RELIABLE_QOS)
                         if p["output_type"] == "joint_trajectory" else
                         self.create_publisher(Float64MultiArray, f"{p['command_topic']}/commands", RELIABLE_QOS))
@@ -196,15 +205,16 @@ class Planner(LifecycleNode):
         self.obs_pub = self.create_publisher(Image, "~/observed_latent", RELIABLE_QOS)
         self.debug_pub = self.create_publisher(Image, "~/debug_image", RELIABLE_QOS)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", RELIABLE_QOS)
-        self.create_subscription(Image, p["camera_topic"], self._on_image, SENSOR_QOS)
-        self.create_subscription(CompressedImage, p["camera_topic"].rstrip("/") + "/compressed", self._on_compressed, SENSOR_QOS)
-        self.create_subscription(Image, p["goal_topic"], self._on_goal_image, LATCHED_QOS)
-        self.create_subscription(JointState, p["joint_states_topic"], self._on_joint_states, RELIABLE_QOS)
-        self.create_subscription(String, p["gate_state_topic"], self._on_gate_state, LATCHED_QOS)
-        self.create_subscription(Image, p["score_topic"], self._on_score, RELIABLE_QOS)
-        self.create_service(Trigger, "~/capture_goal", self._on_capture_goal)
-        self.create_timer(p["control_period"], self._step)
-        self.create_timer(1.0, self._diagnostics)
+        for pub in (self.cmd_pub, self.pred_pub, self.obs_pub, self.debug_pub, self.diag_pub):
+            own(pub)
+        own(subscribe_camera(self, p["camera_topic"], p["image_transport"], self._on_image, self._on_compressed))
+        own(self.create_subscription(Image, p["goal_topic"], self._on_goal_image, LATCHED_QOS))
+        own(self.create_subscription(JointState, p["joint_states_topic"], self._on_joint_states, RELIABLE_QOS))
+        own(self.create_subscription(String, p["gate_state_topic"], self._on_gate_state, LATCHED_QOS))
+        own(self.create_subscription(Image, p["score_topic"], self._on_score, RELIABLE_QOS))
+        own(self.create_service(Trigger, "~/capture_goal", self._on_capture_goal))
+        own(self.create_timer(p["control_period"], self._step))
+        own(self.create_timer(1.0, self._diagnostics))
         self.get_logger().info(
             f"configured: {p['model']} (latent {cfg.latent_dim}, history {cfg.history}), joints {names}, "
             f"limits {np.round(lo, 3).tolist()}..{np.round(hi, 3).tolist()}, output {p['output_type']} -> {p['command_topic']}"
@@ -222,7 +232,13 @@ class Planner(LifecycleNode):
         return super().on_deactivate(state)
 
     def on_cleanup(self, state):
-        self.model = None
+        # Configuring again must not stack a second control timer and duplicate topics on the first, nor plan
+        # towards a goal latent or from a history encoded before.
+        for entity in self._owned:
+            destroy(self, entity)
+        self._owned.clear()
+        self.model = self.frame = self.goal_latent = self.goal_rgb = self.measured = None
+        self.status = "unconfigured"
         return TransitionCallbackReturn.SUCCESS
 
     # ------------------------------------------------------------------ inputs

@@ -34,9 +34,10 @@ from jepa_wm.nodes.common import (
     DEFAULT_STOP_TOPIC,
     LATCHED_QOS,
     RELIABLE_QOS,
-    SENSOR_QOS,
     Encoder,
+    IMAGE_TRANSPORTS,
     ParameterError,
+    check_model_step,
     declare,
     main_for,
     require,
@@ -44,6 +45,7 @@ from jepa_wm.nodes.common import (
     rgb_from_compressed,
     rgb_from_image,
     stamp_ns,
+    subscribe_camera,
     vector_from_msg,
     vector_msg,
 )
@@ -72,9 +74,7 @@ class SurpriseMonitor(Node):
         self.score_pub = self.create_publisher(Image, "~/score", RELIABLE_QOS)
         self.observed_pub = self.create_publisher(Image, "~/observed_latent", RELIABLE_QOS)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", RELIABLE_QOS)
-        self.create_subscription(Image, p["camera_topic"], self._on_image, SENSOR_QOS)
-        self.create_subscription(CompressedImage, p["camera_topic"].rstrip("/") + "/compressed",
-                                 self._on_compressed, SENSOR_QOS)
+        subscribe_camera(self, p["camera_topic"], p["image_transport"], self._on_image, self._on_compressed)
         self.create_subscription(Image, p["predicted_topic"], self._on_prediction, RELIABLE_QOS)
         self.create_subscription(String, p["gate_state_topic"], self._on_gate_state, LATCHED_QOS)
         self.create_service(Trigger, "~/reset", self._on_reset)
@@ -82,7 +82,7 @@ class SurpriseMonitor(Node):
         self.create_timer(1.0, self._diagnostics)
         self.stop_pub.publish(Bool(data=False))
         self.get_logger().info(
-            f"monitor up: camera '{p['camera_topic']}' (+/compressed), predictions '{p['predicted_topic']}', "
+            f"monitor up: camera '{p['camera_topic']}' ({p['image_transport']}), predictions '{p['predicted_topic']}', "
             f"threshold {self.threshold:.3g} x{self.consecutive} frames (instant {self.instant:g}x), scale {self.scale:.3g}, "
             f"{'whitened' if self.whitening is not None else 'plain squared'} error, stop latch '{p['stop_topic']}'"
         )
@@ -93,7 +93,8 @@ class SurpriseMonitor(Node):
         d = lambda *a, **k: declare(self, *a, **k)  # noqa: E731
         p = {
             "model": d("model", None, "path to the jepa_wm checkpoint (.safetensors) whose encoder the monitor runs"),
-            "camera_topic": d("camera_topic", "/camera/image_raw", "camera Image topic (CompressedImage on <topic>/compressed)"),
+            "camera_topic": d("camera_topic", "/camera/image_raw", "camera topic (raw Image; image_transport: compressed reads <topic>/compressed)"),
+            "image_transport": d("image_transport", "raw", "'raw': Image on camera_topic, 'compressed': CompressedImage on <camera_topic>/compressed"),
             "predicted_topic": d("predicted_topic", "/planner/predicted_latent",
                                  "planner's predicted next latent (Image 32FC1 1xD, stamped with its source frame)"),
             "gate_state_topic": d("gate_state_topic", "/command_gate/state", "gate state (JSON String): predictions are required while it forwards autonomy"),
@@ -114,6 +115,8 @@ class SurpriseMonitor(Node):
         }
         for k in ("prediction_dt", "match_tolerance", "camera_timeout", "startup_grace"):
             require(p[k] > 0 and math.isfinite(p[k]), k, f"is {p[k]}; it must be a positive number of seconds")
+        require(p["image_transport"] in IMAGE_TRANSPORTS, "image_transport",
+                f"is {p['image_transport']!r}; set one of {list(IMAGE_TRANSPORTS)}")
         require(p["prediction_timeout"] >= 0, "prediction_timeout", "must be >= 0 (0 disables the check)")
         for k in ("threshold", "scale", "consecutive", "instant"):
             require(p[k] >= 0, k, f"is {p[k]}; it must be >= 0 (0 = use the checkpoint's calibration)")
@@ -131,6 +134,7 @@ class SurpriseMonitor(Node):
             model, meta = load_checkpoint(resolve_model(p["model"]))
         except CheckpointError as e:
             raise ParameterError(f"parameter 'model': {e}") from None
+        check_model_step("prediction_dt", p["prediction_dt"], meta, p["model"])
         self.encode = Encoder(model)
         cal = (meta or {}).get("surprise") or {}
         self.scale = p["scale"] or float(cal.get("scale", 0.0))

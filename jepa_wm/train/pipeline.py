@@ -87,6 +87,8 @@ def fit(episodes, config: dict, out_dir, parent: str | None = None, sources=None
         "action_low": all_actions.min(0).tolist(),
         "action_high": all_actions.max(0).tolist(),
         "action_max_step": max_step.tolist(),  # the fastest command change in the data: the planner's rate limit
+        # One predicted step in seconds: the planner node refuses a control period that differs.
+        "step_s": float(np.median(np.concatenate([np.diff(ep.stamps) for ep in train_eps]))) * 1e-9 * cfg.frameskip,
         "data": config.get("data", {}),
         "sources": [str(s) for s in (sources or sorted({ep.source for ep in episodes}))],
         "episodes": {"train": len(train_eps), "val": len(val_eps)},
