@@ -31,8 +31,12 @@ from rcl_interfaces.msg import ParameterDescriptor, ParameterType
 from rclpy.duration import Duration
 from rclpy.exceptions import ParameterUninitializedException
 from rclpy.parameter import Parameter
+from rclpy.publisher import Publisher
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-from sensor_msgs.msg import Image
+from rclpy.service import Service
+from rclpy.subscription import Subscription
+from rclpy.timer import Timer
+from sensor_msgs.msg import CompressedImage, Image
 
 # Camera subscriptions: best effort, keep last 5 (matches reliable and best-effort publishers).
 SENSOR_QOS = qos_profile_sensor_data
@@ -130,8 +134,6 @@ def subscribe_camera(node, topic: str, transport: str, on_image, on_compressed):
     """One camera subscription, named as image_transport names them: Image on `topic`, or CompressedImage on
     `topic`/compressed. One, not both: a driver compresses only while someone listens, and a node on both
     would decode every frame twice."""
-    from sensor_msgs.msg import CompressedImage
-
     if transport == "compressed":
         return node.create_subscription(CompressedImage, topic.rstrip("/") + "/compressed", on_compressed, SENSOR_QOS)
     return node.create_subscription(Image, topic, on_image, SENSOR_QOS)
@@ -163,11 +165,6 @@ def resolve_model(path: str) -> str:
 
 def destroy(node, entity):
     """Destroy a publisher, subscription, service or timer that `node` created."""
-    from rclpy.publisher import Publisher
-    from rclpy.service import Service
-    from rclpy.subscription import Subscription
-    from rclpy.timer import Timer
-
     for kind, fn in ((Publisher, node.destroy_publisher), (Subscription, node.destroy_subscription),
                      (Service, node.destroy_service), (Timer, node.destroy_timer)):
         if isinstance(entity, kind):

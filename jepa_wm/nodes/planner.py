@@ -36,9 +36,9 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from jepa_wm.nodes.common import (
+    IMAGE_TRANSPORTS,
     LATCHED_QOS,
     RELIABLE_QOS,
-    IMAGE_TRANSPORTS,
     ParameterError,
     check_limits,
     check_model_step,

@@ -32,10 +32,10 @@ from std_srvs.srv import Trigger
 
 from jepa_wm.nodes.common import (
     DEFAULT_STOP_TOPIC,
+    IMAGE_TRANSPORTS,
     LATCHED_QOS,
     RELIABLE_QOS,
     Encoder,
-    IMAGE_TRANSPORTS,
     ParameterError,
     check_model_step,
     declare,
