@@ -130,7 +130,7 @@ class CommandGate(Node):
             "autonomy_priority": d("autonomy_priority", 10, "autonomy priority (higher wins)"),
             "autonomy_timeout": d("autonomy_timeout", 0.3, "autonomy input goes stale after this many seconds: hold"),
             "autonomy_max_speed": d("autonomy_max_speed", 3.0, "an autonomy point may lead the measured position by at most this "
-                                    "(rad/s) x its time_from_start; 0 = no limit"),
+                                    "(rad/s) x (its time_from_start + the measurement's age); 0 = no limit"),
             "stop_topic": d("stop_topic", DEFAULT_STOP_TOPIC, "latched protective stop (std_msgs/Bool, transient local)"),
             "require_monitor": d("require_monitor", True, "forward autonomy only while the stop topic has a publisher"),
             "joint_states_topic": d("joint_states_topic", "/joint_states", "measured joint positions"),
@@ -203,29 +203,31 @@ class CommandGate(Node):
     def _reject(self, name: str, why: str):
         self.get_logger().warning(f"dropping {name} command: {why}", throttle_duration_sec=2.0)
 
-    def _limit_lead(self, traj: JointTrajectory) -> JointTrajectory:
+    def _limit_lead(self, traj: JointTrajectory, now: int) -> JointTrajectory:
         """Bound how far autonomy leads the measured joints. A planner whose model never saw contact keeps
-        commanding through a table it presses against; the limit bounds that wind-up, and so the force."""
+        commanding through a table it presses against; the limit bounds that wind-up, and so the force.
+        The time a point may cover runs from the measurement (the arm has moved since), not from now."""
         v = self.p["autonomy_max_speed"]
         if v <= 0 or self.measured is None:
             return traj
+        age = min((now - self.measured_ns) * 1e-9, self.p["joint_states_timeout"])
         for pt in traj.points:
-            t = max(pt.time_from_start.sec + pt.time_from_start.nanosec * 1e-9, self.p["command_duration"])
+            t = max(pt.time_from_start.sec + pt.time_from_start.nanosec * 1e-9, self.p["command_duration"]) + age
             pos = np.asarray(pt.positions)
             bounded = np.clip(pos, self.measured - v * t, self.measured + v * t)
             if np.any(bounded != pos):
                 self.limited += 1
                 self.get_logger().warning(
-                    f"autonomy command leads the measured joints by {np.abs(pos - self.measured).max():.2f} rad "
-                    f"at {t:.2f} s: limited to {v * t:.2f} (autonomy_max_speed {v} rad/s); is the arm blocked?",
-                    throttle_duration_sec=2.0)
+                    f"autonomy command leads the joints measured {t:.2f} s before it by "
+                    f"{np.abs(pos - self.measured).max():.2f} rad: limited to {v * t:.2f} "
+                    f"(autonomy_max_speed {v} rad/s); is the arm blocked?", throttle_duration_sec=2.0)
             pt.positions = self._clip(bounded).tolist()
         return traj
 
     def _accept(self, name: str, traj: JointTrajectory):
         now = self._now()
         if name == "autonomy":
-            traj = self._limit_lead(traj)
+            traj = self._limit_lead(traj, now)
         inp = self.inputs[name]
         inp.last_ns, inp.trajectory = now, traj
         inp.count += 1
