@@ -36,8 +36,9 @@ class Rig:
     def __init__(self, ros, controller_type="joint_trajectory"):
         self.ros, n = ros, ros.node
         self.measured = list(MEASURED)
+        self.joint_states_on = True
         js = n.create_publisher(JointState, "/joint_states", 10)
-        n.create_timer(0.05, lambda: js.publish(JointState(name=JOINTS, position=self.measured)))
+        n.create_timer(0.05, lambda: self.joint_states_on and js.publish(JointState(name=JOINTS, position=self.measured)))
         self.stop = n.create_publisher(Bool, "/jepa_wm/stop", LATCHED_QOS)
         self.stop.publish(Bool(data=False))
         if controller_type == "joint_trajectory":
@@ -174,6 +175,28 @@ def test_autonomy_leads_the_measured_joints_by_at_most_max_speed_times_time(ros,
     # Teleop is a person's command: not limited.
     rig.stream(rig.teleop, lambda: traj([1.5, -0.2, 0.3]), 0.3)
     assert [1.5, -0.2, 0.3] in [rig.positions(m) for _, m in rig.out]
+
+
+def test_stale_joint_states_hold_without_moving_the_arm_back(ros, start_node):
+    gate = start_node("command_gate", "gate.yaml")  # joint_states_timeout 0.5 s
+    rig = Rig(ros)
+    rig.wait_up(gate)
+    assert rig.engage().success
+    rig.stream(rig.auto, lambda: traj(AUTO), 0.5)
+    n0 = len(rig.out)
+    rig.joint_states_on = False  # the joint state broadcaster dies; the planner keeps going
+    rig.stream(rig.auto, lambda: traj(AUTO), 1.2)
+    after = [m for _, m in rig.out[n0:]]
+    hold = next(i for i, m in enumerate(after) if not m.points or rig.positions(m) != AUTO)
+    assert not after[hold].points, "the hold is an empty trajectory: no position the gate cannot vouch for"
+    assert after[hold + 1:] == [], "nothing forwarded while blind"
+    st = rig.state()
+    assert st["mode"] == "hold" and st["engaged"] and "joint states" in st["reason"], st
+    rig.joint_states_on = True  # back: autonomy resumes without a re-engage
+    n1 = len(rig.out)
+    rig.stream(rig.auto, lambda: traj(AUTO), 0.5)
+    assert AUTO in [rig.positions(m) for _, m in rig.out[n1:] if m.points]
+    assert gate.alive()
 
 
 def test_forward_command_controller_and_missing_monitor(ros, start_node):

@@ -11,8 +11,10 @@ stop topic, and (by default) the stop topic has a live publisher, i.e. the
 monitor is running.
 
 Whenever output stops being forwarded (stop, disengage, the active input goes
-stale, the monitor disappears) the gate publishes one HOLD at the measured
-joint position captured at that moment; it never replays a stale command.
+stale, the monitor disappears, the joint states go stale) the gate publishes
+one HOLD at the measured joint position captured at that moment (without fresh
+joint states: an empty trajectory, on which joint_trajectory_controller holds
+where it is); it never replays a stale command.
 Commands received before an engage, or older than the input timeout, are
 dropped. `~/state` (std_msgs/String, JSON, latched) tells the planner and the
 monitor what the gate is doing, so engaging is bumpless: the planner restarts
@@ -134,7 +136,7 @@ class CommandGate(Node):
             "stop_topic": d("stop_topic", DEFAULT_STOP_TOPIC, "latched protective stop (std_msgs/Bool, transient local)"),
             "require_monitor": d("require_monitor", True, "forward autonomy only while the stop topic has a publisher"),
             "joint_states_topic": d("joint_states_topic", "/joint_states", "measured joint positions"),
-            "joint_states_timeout": d("joint_states_timeout", 0.5, "joint states older than this block engaging"),
+            "joint_states_timeout": d("joint_states_timeout", 0.5, "joint states older than this block engaging and hold autonomy"),
             "command_duration": d("command_duration", 0.1, "time_from_start (s) given to a Float64MultiArray forwarded as a trajectory"),
             "rate": d("rate", 50.0, "rate (Hz) at which timeouts are checked"),
         }
@@ -270,12 +272,15 @@ class CommandGate(Node):
         self._update(now)
         return res
 
+    def _measured_fresh(self, now: int) -> bool:
+        return self.measured_ns is not None and now - self.measured_ns <= self.p["joint_states_timeout"] * 1e9
+
     def _engage_problem(self, now: int) -> str:
         if self.stopped:
             return f"protective stop latched on {self.p['stop_topic']}; reset the monitor first"
         if self.p["require_monitor"] and self.count_publishers(self.p["stop_topic"]) == 0:
             return f"no monitor publishes {self.p['stop_topic']}"
-        if self.measured_ns is None or now - self.measured_ns > self.p["joint_states_timeout"] * 1e9:
+        if not self._measured_fresh(now):
             return f"no fresh joint states on {self.p['joint_states_topic']}"
         if self.inputs["teleop"].fresh(now):
             return "teleop is active"
@@ -302,13 +307,16 @@ class CommandGate(Node):
         if self.engaged:
             if self.p["require_monitor"] and self.count_publishers(self.p["stop_topic"]) == 0:
                 self._set_engaged(False, f"monitor gone: no publisher on {self.p['stop_topic']}")
-            elif self.inputs["autonomy"].fresh(now):
+            elif self.inputs["autonomy"].fresh(now) and self._measured_fresh(now):
                 candidates.append(self.inputs["autonomy"])
         if candidates:
             best = max(candidates, key=lambda i: i.priority)
             return best.name, f"forwarding {best.name}"
         if self.engaged:
             a = self.inputs["autonomy"]
+            if not self._measured_fresh(now):
+                # Blind: neither the hold nor the speed limit would know where the arm is.
+                return "hold", f"joint states older than {self.p['joint_states_timeout']} s"
             return "hold", ("engaged, waiting for autonomy commands" if a.last_ns is None
                             else f"autonomy silent for more than {a.timeout} s")
         if self.mode == "teleop":
@@ -342,14 +350,14 @@ class CommandGate(Node):
 
     def _hold(self, why: str):
         """Publish one hold at the measured position, captured now."""
-        if self.measured is None:
+        if not self._measured_fresh(self._now()):  # holding at an old position could move the arm back to it
             self.hold_position = None
             if self.p["controller_type"] == "joint_trajectory":
                 # An empty trajectory makes joint_trajectory_controller stop and hold where it is.
                 msg = JointTrajectory(joint_names=list(self.joint_names))
                 msg.header.stamp = self.get_clock().now().to_msg()
                 self.out.publish(msg)
-            self.get_logger().warning(f"HOLD ({why}) without a measured position yet")
+            self.get_logger().warning(f"HOLD ({why}) without a fresh measured position")
             return
         pos = self._clip(self.measured.copy())
         self.hold_position = pos.tolist()
@@ -382,7 +390,7 @@ class CommandGate(Node):
         level = DiagnosticStatus.OK
         if self.mode == "stopped":
             level = DiagnosticStatus.ERROR
-        elif self.measured_ns is None or now - self.measured_ns > self.p["joint_states_timeout"] * 1e9:
+        elif not self._measured_fresh(now):
             level = DiagnosticStatus.WARN
         st = DiagnosticStatus(level=level, name="jepa_wm: command_gate", hardware_id="jepa_wm",
                               message=f"{self.mode}: {self._state_dict()['reason']}")
