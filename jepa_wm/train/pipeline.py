@@ -16,11 +16,11 @@ import yaml
 
 from jepa_wm.core.checkpoint import load_checkpoint, save_checkpoint
 from jepa_wm.core.config import ModelConfig
-from jepa_wm.core.model import build_model, preprocess
+from jepa_wm.core.model import build_model
 from jepa_wm.core.planner import JointMetric
 from jepa_wm.data.dataset import ClipDataset, action_stats, split_episodes
 from jepa_wm.resources import config_file
-from jepa_wm.train.calibration import calibrate_model
+from jepa_wm.train.calibration import calibrate_model, encode_frames
 from jepa_wm.train.trainer import TrainConfig, is_main_process, train
 
 
@@ -47,19 +47,12 @@ def collect_manifest(bag_paths) -> dict:
     return {}
 
 
-@torch.no_grad()
 def fit_joint_metric(model, episodes, max_frames: int = 3000) -> JointMetric:
     """The planner's joint probe (core/planner.py) from up to max_frames frames spread over the episodes."""
-    model.eval()
-    device = next(model.parameters()).device
     every = max(1, sum(len(ep) for ep in episodes) // max_frames)
-    latents, joints = [], []
-    for ep in episodes:
-        frames = torch.as_tensor(ep.frames[::every])
-        latents += [model.encode(preprocess(frames[i:i + 256], model.cfg.image_size).to(device)).cpu()
-                    for i in range(0, len(frames), 256)]
-        joints.append(torch.as_tensor(ep.joints[::every]))
-    return JointMetric.fit(torch.cat(latents).float(), torch.cat(joints).float())
+    latents = torch.cat([encode_frames(model, ep.frames[::every]) for ep in episodes])
+    joints = torch.cat([torch.as_tensor(ep.joints[::every]) for ep in episodes])
+    return JointMetric.fit(latents.float(), joints.float())
 
 
 def fit(episodes, config: dict, out_dir, parent: str | None = None, sources=None) -> Path:
@@ -87,7 +80,7 @@ def fit(episodes, config: dict, out_dir, parent: str | None = None, sources=None
         "action_low": all_actions.min(0).tolist(),
         "action_high": all_actions.max(0).tolist(),
         "action_max_step": max_step.tolist(),  # the fastest command change in the data: the planner's rate limit
-        # One predicted step in seconds: the planner node refuses a control period that differs.
+        # One predicted step in seconds: the planner's control_period and the monitor's prediction_dt must match it.
         "step_s": float(np.median(np.concatenate([np.diff(ep.stamps) for ep in train_eps]))) * 1e-9 * cfg.frameskip,
         "data": config.get("data", {}),
         "sources": [str(s) for s in (sources or sorted({ep.source for ep in episodes}))],
@@ -104,13 +97,14 @@ def fit(episodes, config: dict, out_dir, parent: str | None = None, sources=None
 
     t0 = time.time()
     metrics = train(model, train_set, val_set, tcfg, out, meta)
+    model.cpu()  # calibration and the joint probe feed it CPU frames, and the checkpoint is saved from here
     path = out / "model.safetensors"
     if is_main_process():
         calibration = calibrate_model(model, val_eps, cal.get("quantile", 0.999), cal.get("margin", 1.5),
                                       cal.get("consecutive", 2), cal.get("whiten", False))
         meta.update(step=tcfg.steps, metrics=metrics, surprise=calibration.to_dict(), train_seconds=round(time.time() - t0, 1),
                     train_config=config, joint_metric=fit_joint_metric(model, train_eps).to_dict())
-        save_checkpoint(path, model.cpu(), meta)
+        save_checkpoint(path, model, meta)
         print(f"saved {path}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
               + f"; surprise threshold {calibration.threshold:.2f} (nominal false-trip rate {calibration.false_trip_rate:.4f})")
     return path
