@@ -23,6 +23,9 @@ from jepa_wm.data.bags import BagError, BagStreams, DataConfig, read_bag
 __all__ = ["DataConfig", "Episode", "BagError", "load_episodes", "split_episodes", "ClipDataset", "action_stats",
            "find_bags", "episodes_from_streams"]
 
+# Part of every cache key: bump it when decoding or the cache layout changes, so old caches are not read.
+CACHE_FORMAT = 1
+
 
 @dataclass
 class Episode:
@@ -124,7 +127,7 @@ def cache_key(bag: Path, cfg: DataConfig) -> str:
     """Changes when the bag's files or any setting that affects decoding change."""
     files = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(bag.iterdir()) if f.is_file()]
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "cache_dir"}
-    blob = json.dumps([str(bag.resolve()), files, settings], sort_keys=True)
+    blob = json.dumps([CACHE_FORMAT, str(bag.resolve()), files, settings], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
