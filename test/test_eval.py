@@ -40,6 +40,37 @@ class HoldStill:
         return obs.joint_pos
 
 
+class GoToGoal:
+    """A scripted agent (the run_episode interface) that commands the goal configuration."""
+
+    def __init__(self, goal):
+        self.goal = goal
+
+    def reset(self, goal_image, first_image):
+        pass
+
+    def act(self, image=None, joint_pos=None):
+        return self.goal
+
+    def goal_distance(self):
+        return 0.0
+
+
+def test_push_goals_score_where_the_object_ends_not_only_the_arm():
+    sim = ArmSim(SimConfig())
+    reach = goals.make_tasks(sim, 1, seed=1000)[0]
+    moved = goals.GoalTask(reach.start, reach.goal, reach.object_xy, reach.object_xy + [0.06, 0.0])
+    # The arm reaches the goal pose without touching the object, so the object stays 6 cm off.
+    ep = goals.run_episode(sim, moved, GoToGoal(reach.goal), 20, tolerance=0.1, object_tolerance=0.02)
+    assert ep.pose_reached and not ep.success
+    assert ep.object_error == pytest.approx(0.06, abs=0.005)
+    # Without an object tolerance (reach goals) the pose alone decides, and the object error is still reported.
+    ep = goals.run_episode(sim, moved, GoToGoal(reach.goal), 20, tolerance=0.1)
+    assert ep.success and ep.object_error == pytest.approx(0.06, abs=0.005)
+    ep = goals.run_episode(sim, reach, GoToGoal(reach.goal), 20, tolerance=0.1, object_tolerance=0.02)
+    assert ep.success and ep.object_error < 0.005
+
+
 def test_events_count_from_the_first_frame_that_shows_them():
     sim = ArmSim(SimConfig())
     policy = ExplorationPolicy(sim)

@@ -24,6 +24,8 @@ def add_arguments(p):
     p.add_argument("--tolerance", type=float, default=0.1, help="success: max joint error in rad (default: %(default)s)")
     p.add_argument("--seed", type=int, default=1000, help="first goal seed (default: %(default)s)")
     p.add_argument("--push", action="store_true", help="also evaluate pushing the object to a goal image")
+    p.add_argument("--object-tolerance", type=float, default=0.02,
+                   help="push success: the object within this many metres of its goal position (default: %(default)s)")
     p.add_argument("--surprise-episodes", type=int, default=20, help="episodes per event type (0 skips surprise)")
     p.add_argument("--planner-config", default=None, help="YAML with planner settings (default: config/planner.yaml)")
     p.add_argument("--out", default="runs/eval", help="output directory (default: %(default)s)")
@@ -49,23 +51,30 @@ def run(args) -> int:
     sim = make_sim(meta, **robot_change(args))
     pcfg = planner_config(args.planner_config)
     report = {"model": str(model_path), "planner": vars(pcfg), "goals": args.goals, "budget": args.budget,
-              "tolerance_rad": args.tolerance}
+              "tolerance_rad": args.tolerance, "object_tolerance_m": args.object_tolerance}
 
     suites = [("reach", False)] + ([("push", True)] if args.push else [])
     for name, push in suites:
         tasks = goals.make_tasks(sim, args.goals, args.seed, push=push)
         agent = goals.LatentAgent(model, pcfg, meta, seed=args.seed)
         rng = np.random.default_rng(args.seed)
-        planned = [goals.run_episode(sim, t, agent, args.budget, args.tolerance)
+        object_tolerance = args.object_tolerance if push else None
+        planned = [goals.run_episode(sim, t, agent, args.budget, args.tolerance, object_tolerance=object_tolerance)
                    for t in tqdm(tasks, desc=f"{name}: planner")]
-        random = [goals.run_episode(sim, t, None, args.budget, args.tolerance, rng)
+        random = [goals.run_episode(sim, t, None, args.budget, args.tolerance, rng, object_tolerance)
                   for t in tqdm(tasks, desc=f"{name}: random")]
         report[name] = {"planner": goals.summary(planned), "random": goals.summary(random)}
         plots.filmstrip(planned, out / f"{name}_filmstrip.png")
         plots.error_curves(planned, random, out / f"{name}_errors.png", args.tolerance)
         p, r = report[name]["planner"], report[name]["random"]
         print(f"{name}: success {p['success_rate']:.0%} (random {r['success_rate']:.0%}), final joint error "
-              f"{p['final_error_mean']:.3f} rad (random {r['final_error_mean']:.3f}), plan {p['plan_ms_median']:.0f} ms/step")
+              f"{p['final_error_mean']:.3f} rad (random {r['final_error_mean']:.3f}), object off its goal position "
+              f"{100 * p['object_error_median']:.1f} cm median (random {100 * r['object_error_median']:.1f}), "
+              f"plan {p['plan_ms_median']:.0f} ms/step")
+        if push:
+            print(f"{name}: arm pose reached {p['pose_reached_rate']:.0%} (random {r['pose_reached_rate']:.0%}), "
+                  f"object within {100 * args.object_tolerance:.0f} cm of its goal position as well in "
+                  f"{p['success_rate']:.0%}")
 
     if args.surprise_episodes:
         policy = ExplorationPolicy(sim)

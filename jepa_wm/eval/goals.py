@@ -2,11 +2,13 @@
 
 Protocol (fixed and seeded, so numbers are comparable across models):
 goal i uses seed `seed + i`; the arm starts at a random joint configuration,
-the goal image is rendered at another random configuration (same object
-position), and the planner gets `budget` control steps. The episode succeeds
-when the joints end within `tolerance` rad (max over joints) of the goal
-configuration. The random baseline sends uniformly random targets within the
-same bounds.
+the goal image is rendered at another random configuration, and the planner
+gets `budget` control steps. The episode succeeds when the joints end within
+`tolerance` rad (max over joints) of the goal configuration. Reach goals leave
+the object where it is; push goals also move it up to 8 cm in the goal image,
+and succeed only when the object, too, ends within `object_tolerance` m of
+where the goal image shows it. The random baseline sends uniformly random
+targets within the same bounds.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ class GoalTask:
 class Episode:
     success: bool
     final_error: float  # max joint error (rad) at the end
+    object_error: float  # distance (m) from the object's end position to where the goal image shows it
+    pose_reached: bool  # the joints alone within tolerance
     steps: int
     plan_ms: list = field(default_factory=list)
     frames: list = field(default_factory=list)  # (start, goal, end) images
@@ -110,14 +114,15 @@ class LatentAgent:
         return float((self.latents[-1] - self.goal).pow(2).sum())
 
 
-def run_episode(sim, task: GoalTask, agent: LatentAgent | None, budget: int, tolerance: float, rng=None) -> Episode:
-    """One goal: `agent` None runs the random baseline."""
+def run_episode(sim, task: GoalTask, agent: LatentAgent | None, budget: int, tolerance: float, rng=None,
+                object_tolerance: float | None = None) -> Episode:
+    """One goal: `agent` None runs the random baseline; `object_tolerance` (m) also scores the object's position."""
     goal_image = sim.render_state(task.goal, task.goal_object_xy)
     obs = sim.reset(joint_pos=task.start, object_xy=task.object_xy)
     start_image = obs.image
     if agent is not None:
         agent.reset(goal_image, obs.image)
-    ep = Episode(False, np.inf, 0, images=[start_image])
+    ep = Episode(False, np.inf, np.inf, False, 0, images=[start_image])
     lo, hi = sim.joint_limits[:, 0], sim.joint_limits[:, 1]
     for step in range(budget):
         t0 = time.perf_counter()
@@ -132,7 +137,9 @@ def run_episode(sim, task: GoalTask, agent: LatentAgent | None, budget: int, tol
         ep.actions.append(np.asarray(action, np.float32))
         ep.errors.append(float(np.abs(obs.joint_pos - task.goal).max()))
     ep.steps, ep.final_error = budget, ep.errors[-1]
-    ep.success = ep.final_error < tolerance
+    ep.object_error = float(np.linalg.norm(obs.object_xy - task.goal_object_xy))
+    ep.pose_reached = ep.final_error < tolerance
+    ep.success = ep.pose_reached and (object_tolerance is None or ep.object_error < object_tolerance)
     ep.frames = [start_image, goal_image, obs.image]
     return ep
 
@@ -141,6 +148,8 @@ def summary(episodes: list[Episode]) -> dict:
     ms = np.concatenate([e.plan_ms for e in episodes])
     return {
         "success_rate": float(np.mean([e.success for e in episodes])),
+        "pose_reached_rate": float(np.mean([e.pose_reached for e in episodes])),
+        "object_error_median": float(np.median([e.object_error for e in episodes])),
         "final_error_mean": float(np.mean([e.final_error for e in episodes])),
         "final_error_median": float(np.median([e.final_error for e in episodes])),
         "plan_ms_median": float(np.median(ms)),
