@@ -106,6 +106,14 @@ def test_eval_writes_the_report_and_the_plots(tiny_checkpoint, tmp_path, capsys)
         assert s[kind]["episodes"] + s[kind]["never_visible"] == 2
         assert s[kind]["episodes"] == 0 or 0.0 <= s[kind]["auroc"] <= 1.0
     assert s["teleport"]["episodes"] == 2  # a jump is visible at once
+    # Lower thresholds never stop fewer nominal episodes nor detect fewer events.
+    sweep = s["threshold_sweep"]
+    assert sweep[0]["threshold"] == pytest.approx(s["calibration"]["threshold"])
+    assert [r["threshold"] for r in sweep] == sorted((r["threshold"] for r in sweep), reverse=True)
+    assert sweep[0]["nominal_stops"] == s["nominal_stops"]
+    assert sweep[0]["teleport_within_2"] == s["teleport"]["detected_within_2"]
+    for hi, lo in zip(sweep, sweep[1:]):
+        assert lo["nominal_stops"] >= hi["nominal_stops"] and lo["teleport_within_2"] >= hi["teleport_within_2"]
     for png in ("reach_filmstrip.png", "reach_errors.png", "surprise.png"):
         assert (out / png).stat().st_size > 5_000
     printed = capsys.readouterr().out

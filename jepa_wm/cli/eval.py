@@ -116,6 +116,9 @@ def run(args) -> int:
                   f"{e['detected_within_2']:.0%}, at all {e['detected']:.0%}, frames to detect median "
                   f"{e['frames_to_detect_median']:.0f} max {e['frames_to_detect_max']:.0f} "
                   f"({e['never_visible']} of {n} never visible)")
+        for row in s["threshold_sweep"][1:]:
+            print(f"  at threshold {row['threshold']:.1f}: {row['nominal_stops']}/{n} nominal stops, within 2 frames "
+                  + ", ".join(f"{k.removesuffix('_within_2')} {v:.0%}" for k, v in row.items() if k.endswith("_within_2")))
 
     (out / "report.json").write_text(json.dumps(report, indent=2, default=float))
     print(f"wrote {out / 'report.json'} and plots in {out}")

@@ -26,6 +26,7 @@ from jepa_wm.train.calibration import episode_errors
 
 EVENTS = ("teleport", "blocked_joint", "frozen_camera")
 VISIBLE = 0.05  # rad
+SWEEP = (1.0, 0.75, 0.5, 0.3)  # fractions of the calibrated threshold that `summarise` also reports
 
 
 @dataclass
@@ -95,7 +96,7 @@ def window_max(scores, window: int) -> np.ndarray:
 
 
 def summarise(nominal: list[EventEpisode], events: list[EventEpisode], cal: SurpriseCalibration, window: int = 2):
-    """Per event: AUROC, frames to detect, detection rate; and stops on nominal episodes.
+    """Per event: AUROC, frames to detect, detection rate; stops on nominal episodes; both again at lower thresholds.
 
     AUROC separates what a stop within `window` frames has to act on: the
     largest score in the first `window` frames of each event against the
@@ -106,24 +107,16 @@ def summarise(nominal: list[EventEpisode], events: list[EventEpisode], cal: Surp
     """
     negatives = np.concatenate([window_max(e.scores, window) for e in nominal])
     nominal_frames = np.concatenate([e.scores for e in nominal])
-    report = {"nominal_stops": 0, "nominal_episodes": len(nominal), "window": window}
-    for e in nominal:
-        det = SurpriseDetector(cal.threshold, cal.consecutive, cal.instant)
-        report["nominal_stops"] += any(det.update(s) for s in e.scores)
-    for kind in EVENTS:
-        eps = [e for e in events if e.kind == kind and e.onset > 0]
+    report = {"nominal_stops": nominal_stops(nominal, cal, cal.threshold), "nominal_episodes": len(nominal),
+              "window": window}
+    visible = {kind: [e for e in events if e.kind == kind and e.onset > 0] for kind in EVENTS}
+    for kind, eps in visible.items():
         never = sum(e.kind == kind and e.onset < 0 for e in events)
         if not eps:
             report[kind] = {"episodes": 0, "never_visible": never}
             continue
         first = [e.scores[e.onset - 1: e.onset - 1 + window] for e in eps]
-        delays = []
-        for e in eps:
-            det = SurpriseDetector(cal.threshold, cal.consecutive, cal.instant)
-            trips = [det.update(s) for s in e.scores]
-            hit = next((i for i, t in enumerate(trips) if t and i >= e.onset - 1), None)
-            delays.append(np.inf if hit is None else hit - (e.onset - 1) + 1)
-        delays = np.array(delays)
+        delays = detection_delays(eps, cal, cal.threshold)
         report[kind] = {
             "auroc": auroc(negatives, [f.max() for f in first]),
             "auroc_frames": auroc(nominal_frames, np.concatenate(first)),
@@ -134,4 +127,30 @@ def summarise(nominal: list[EventEpisode], events: list[EventEpisode], cal: Surp
             "episodes": len(eps),
             "never_visible": never,
         }
+    # Lower thresholds trade nominal stops for earlier detection: the curve a user picks an operating point on.
+    report["threshold_sweep"] = [
+        {"threshold": t, "nominal_stops": nominal_stops(nominal, cal, t),
+         **{f"{kind}_within_{window}": float((detection_delays(eps, cal, t) <= window).mean())
+            for kind, eps in visible.items() if eps}}
+        for t in cal.threshold * np.array(SWEEP)]
     return report
+
+
+def nominal_stops(nominal: list[EventEpisode], cal: SurpriseCalibration, threshold: float) -> int:
+    """Nominal episodes that the detector (cal's rules, this threshold) would stop."""
+    stops = 0
+    for e in nominal:
+        det = SurpriseDetector(threshold, cal.consecutive, cal.instant)
+        stops += any(det.update(s) for s in e.scores)
+    return stops
+
+
+def detection_delays(eps: list[EventEpisode], cal: SurpriseCalibration, threshold: float) -> np.ndarray:
+    """Frames from each event's first visible frame to the stop (1 = that frame; inf = never)."""
+    delays = []
+    for e in eps:
+        det = SurpriseDetector(threshold, cal.consecutive, cal.instant)
+        trips = [det.update(s) for s in e.scores]
+        hit = next((i for i, t in enumerate(trips) if t and i >= e.onset - 1), None)
+        delays.append(np.inf if hit is None else hit - (e.onset - 1) + 1)
+    return np.array(delays)
