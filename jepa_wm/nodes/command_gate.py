@@ -27,7 +27,6 @@ import json
 import math
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
@@ -44,6 +43,7 @@ from jepa_wm.nodes.common import (
     main_for,
     require,
     seconds,
+    stamp_ns,
 )
 
 CONTROLLER_TYPES = ("joint_trajectory", "forward_command")
@@ -174,7 +174,7 @@ class CommandGate(Node):
             if len(pt.positions) != len(msg.joint_names):
                 self._reject(name, f"a point has {len(pt.positions)} positions for {len(msg.joint_names)} joints")
                 return
-            t = pt.time_from_start.sec * 1_000_000_000 + pt.time_from_start.nanosec
+            t = stamp_ns(pt.time_from_start)
             if t <= previous:
                 self._reject(name, "time_from_start is not strictly increasing")
                 return
@@ -214,7 +214,7 @@ class CommandGate(Node):
             return traj
         age = min((now - self.measured_ns) * 1e-9, self.p["joint_states_timeout"])
         for pt in traj.points:
-            t = max(pt.time_from_start.sec + pt.time_from_start.nanosec * 1e-9, self.p["command_duration"]) + age
+            t = max(stamp_ns(pt.time_from_start) * 1e-9, self.p["command_duration"]) + age
             pos = np.asarray(pt.positions)
             bounded = np.clip(pos, self.measured - v * t, self.measured + v * t)
             if np.any(bounded != pos):

@@ -177,6 +177,7 @@ def destroy(node, entity):
 
 
 def stamp_ns(stamp) -> int:
+    """A builtin_interfaces Time or Duration in integer nanoseconds."""
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
