@@ -100,12 +100,17 @@ def test_eval_writes_the_report_and_the_plots(tiny_checkpoint, tmp_path, capsys)
         assert reach[who]["episodes"] == 2 and 0.0 <= reach[who]["success_rate"] <= 1.0
         assert reach[who]["final_error_mean"] > 0
     assert reach["planner"]["plan_ms_median"] > 0
+    # The same events under exploration and under the planner driving the arm to goals (what the monitor
+    # watches in deployment), with the checkpoint's calibration.
+    for key in ("surprise", "surprise_closed_loop"):
+        s = report[key]
+        assert s["nominal_episodes"] == 2 and s["nominal_prediction_error"] > 0
+        assert s["calibration"]["threshold"] == 5.0
+        for kind in ("teleport", "blocked_joint", "frozen_camera"):
+            assert s[kind]["episodes"] + s[kind]["never_visible"] == 2
+            assert s[kind]["episodes"] == 0 or 0.0 <= s[kind]["auroc"] <= 1.0
+        assert s["teleport"]["episodes"] == 2  # a jump is visible at once
     s = report["surprise"]
-    assert s["nominal_episodes"] == 2 and s["nominal_prediction_error"] > 0
-    for kind in ("teleport", "blocked_joint", "frozen_camera"):
-        assert s[kind]["episodes"] + s[kind]["never_visible"] == 2
-        assert s[kind]["episodes"] == 0 or 0.0 <= s[kind]["auroc"] <= 1.0
-    assert s["teleport"]["episodes"] == 2  # a jump is visible at once
     # Lower thresholds never stop fewer nominal episodes nor detect fewer events.
     sweep = s["threshold_sweep"]
     assert sweep[0]["threshold"] == pytest.approx(s["calibration"]["threshold"])
@@ -114,10 +119,10 @@ def test_eval_writes_the_report_and_the_plots(tiny_checkpoint, tmp_path, capsys)
     assert sweep[0]["teleport_within_2"] == s["teleport"]["detected_within_2"]
     for hi, lo in zip(sweep, sweep[1:]):
         assert lo["nominal_stops"] >= hi["nominal_stops"] and lo["teleport_within_2"] >= hi["teleport_within_2"]
-    for png in ("reach_filmstrip.png", "reach_errors.png", "surprise.png"):
+    for png in ("reach_filmstrip.png", "reach_errors.png", "surprise.png", "surprise_closed_loop.png"):
         assert (out / png).stat().st_size > 5_000
     printed = capsys.readouterr().out
-    assert "reach: success" in printed and "AUROC" in printed
+    assert "reach: success" in printed and "surprise closed loop: threshold" in printed and "AUROC" in printed
 
 
 def test_changed_robot_flags_reach_the_simulator(tiny_checkpoint, tmp_path):

@@ -59,10 +59,15 @@ def collision_free_pose(sim, rng, lo, hi, object_xy, tries: int = 1000) -> np.nd
     raise RuntimeError(f"no collision-free configuration in {tries} draws between {lo} and {hi}")
 
 
+def shrunk_limits(sim, margin: float = 0.15):
+    """The joint limits, each shrunk by `margin` of its range: where goals are drawn."""
+    lo, hi = sim.joint_limits[:, 0], sim.joint_limits[:, 1]
+    return lo + margin * (hi - lo), hi - margin * (hi - lo)
+
+
 def make_tasks(sim, n: int, seed: int, margin: float = 0.15, push: bool = False) -> list[GoalTask]:
     """n seeded, collision-free start/goal pairs inside the joint limits (shrunk by `margin` of the range)."""
-    lo, hi = sim.joint_limits[:, 0], sim.joint_limits[:, 1]
-    lo, hi = lo + margin * (hi - lo), hi - margin * (hi - lo)
+    lo, hi = shrunk_limits(sim, margin)
     tasks = []
     for i in range(n):
         rng = np.random.default_rng(seed + i)
@@ -112,6 +117,26 @@ class LatentAgent:
 
     def goal_distance(self) -> float:
         return float((self.latents[-1] - self.goal).pow(2).sum())
+
+
+class GoalSeeker:
+    """The planner behind a policy's `reset(seed)` / `act(obs)`: from wherever the episode starts, towards a
+    seeded collision-free goal pose. The surprise monitor watches this, not exploration, in deployment."""
+
+    def __init__(self, sim, agent: LatentAgent):
+        self.sim, self.agent = sim, agent
+        self.reset()
+
+    def reset(self, seed: int | None = None):
+        self.rng, self.started = np.random.default_rng(seed), False
+
+    def act(self, obs) -> np.ndarray:
+        if self.started:
+            return self.agent.act(obs.image, obs.joint_pos)
+        goal = collision_free_pose(self.sim, self.rng, *shrunk_limits(self.sim), obs.object_xy)
+        self.agent.reset(self.sim.render_state(goal, obs.object_xy), obs.image)
+        self.started = True
+        return self.agent.act(None, obs.joint_pos)
 
 
 def run_episode(sim, task: GoalTask, agent: LatentAgent | None, budget: int, tolerance: float, rng=None,
