@@ -12,7 +12,7 @@ from std_msgs.msg import Float64MultiArray  # noqa: E402
 from std_srvs.srv import SetBool, Trigger  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E402
 
-from jepa_wm.nodes.common import SENSOR_QOS, rgb_from_image  # noqa: E402
+from jepa_wm.nodes.common import SENSOR_QOS, rgb_from_image, stamp_msg, stamp_ns  # noqa: E402
 
 
 def _up(ros, start_node, **over):
@@ -74,3 +74,10 @@ def test_bad_parameters_refuse_to_start(start_node):
     sim = start_node("sim", "sim.yaml", {"image_encoding": "yuv422"})
     assert sim.proc.wait(timeout=60) == 2
     assert "parameter 'image_encoding'" in sim.output
+
+
+def test_sim_time_stamps_carry_whole_seconds():
+    # 2.9999999999 s rounds to 3 s: splitting seconds from a rounded fraction stamped it 2 s (a second back).
+    t = stamp_msg(round(2.9999999999 * 1e9))
+    assert (t.sec, t.nanosec) == (3, 0)
+    assert stamp_ns(stamp_msg(1_234_567_891)) == 1_234_567_891

@@ -181,6 +181,13 @@ def stamp_ns(stamp) -> int:
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
+def stamp_msg(ns: int):
+    """Integer nanoseconds -> builtin_interfaces Time (nanosec always in [0, 1e9))."""
+    from builtin_interfaces.msg import Time
+
+    return Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
+
+
 def seconds(d: float) -> Duration:
     return Duration(nanoseconds=int(d * 1e9))
 

@@ -39,6 +39,8 @@ from jepa_wm.nodes.common import (
     image_msg_from_rgb,
     main_for,
     require,
+    stamp_msg,
+    stamp_ns,
 )
 
 
@@ -140,7 +142,7 @@ class SimNode(Node):
         except (ValueError, IndexError):
             self.get_logger().warning(f"trajectory joints {list(msg.joint_names)} do not cover {self.joint_names}", throttle_duration_sec=2.0)
             return
-        times = np.asarray([pt.time_from_start.sec + pt.time_from_start.nanosec * 1e-9 for pt in msg.points])
+        times = np.asarray([stamp_ns(pt.time_from_start) * 1e-9 for pt in msg.points])
         if not np.all(np.isfinite(pos)) or np.any(np.diff(times) <= 0):
             self.get_logger().warning("dropping trajectory: non-finite positions or time_from_start not increasing", throttle_duration_sec=2.0)
             return
@@ -172,10 +174,8 @@ class SimNode(Node):
 
     def _stamp(self):
         if self.clock_pub is not None:
-            t = float(self.sim.time)
-            from builtin_interfaces.msg import Time
-
-            stamp = Time(sec=int(t), nanosec=int(round((t - int(t)) * 1e9)) % 1_000_000_000)
+            # Whole nanoseconds first: rounding the fraction alone could wrap it to 0 without carrying a second.
+            stamp = stamp_msg(round(float(self.sim.time) * 1e9))
             self.clock_pub.publish(Clock(clock=stamp))
             return stamp
         return self.get_clock().now().to_msg()

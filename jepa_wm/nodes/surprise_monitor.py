@@ -44,6 +44,7 @@ from jepa_wm.nodes.common import (
     resolve_model,
     rgb_from_compressed,
     rgb_from_image,
+    stamp_msg,
     stamp_ns,
     subscribe_camera,
     vector_from_msg,
@@ -237,10 +238,7 @@ class SurpriseMonitor(Node):
             score = float(surprise_score(predicted, observed, self.scale, self.whitening))
         self.last_score, self.scored = score, self.scored + 1
         tripped = self.detector.update(score)
-        from builtin_interfaces.msg import Time
-
-        t = Time(sec=stamp // 1_000_000_000, nanosec=stamp % 1_000_000_000)
-        self.score_pub.publish(vector_msg([score, self.threshold, float(tripped)], stamp=t))
+        self.score_pub.publish(vector_msg([score, self.threshold, float(tripped)], stamp=stamp_msg(stamp)))
         if tripped:
             self.trips += 1
             self._latch(f"surprise {score:.3g} > threshold {self.threshold:.3g} for "
