@@ -177,6 +177,29 @@ def test_autonomy_leads_the_measured_joints_by_at_most_max_speed_times_time(ros,
     assert [1.5, -0.2, 0.3] in [rig.positions(m) for _, m in rig.out]
 
 
+def test_an_arm_that_does_not_follow_autonomy_is_disengaged_and_held(ros, start_node):
+    gate = start_node("command_gate", "gate.yaml", {"autonomy_blocked_timeout": 0.5})
+    rig = Rig(ros)
+    rig.wait_up(gate)
+    assert rig.engage().success
+    rig.stream(rig.auto, lambda: traj(AUTO), 0.8)  # within the lead bound for longer than the timeout: no trip
+    assert rig.state()["engaged"]
+    # A jammed shoulder: the measured joints stay put while the planner keeps asking for more.
+    n0 = len(rig.out)
+    rig.stream(rig.auto, lambda: traj([0.1, 1.5, 0.3]), 1.2)
+    st = rig.state()
+    assert not st["engaged"] and st["mode"] == "hold" and "blocked" in st["reason"], st
+    after = [rig.positions(m) for _, m in rig.out[n0:]]
+    assert np.allclose(after[-1], MEASURED), "held where the arm is"
+    # Bounded while it lasted (0.3 rad + 3 rad/s x the measurement's age), then nothing more.
+    assert all(p[1] <= MEASURED[1] + 0.6 for p in after), after
+    assert gate.wait_output("is it blocked?", 5), gate.output
+    n1 = len(rig.out)
+    rig.stream(rig.auto, lambda: traj(AUTO), 0.5)
+    assert all(rig.positions(m) != AUTO for _, m in rig.out[n1:]), "autonomy needs an explicit re-engage"
+    assert gate.alive()
+
+
 def test_stale_joint_states_hold_without_moving_the_arm_back(ros, start_node):
     gate = start_node("command_gate", "gate.yaml")  # joint_states_timeout 0.5 s
     rig = Rig(ros)
@@ -225,6 +248,7 @@ def test_forward_command_controller_and_missing_monitor(ros, start_node):
     ({"joint_names": ["a", "b"], "joint_lower_limits": [0.0], "joint_upper_limits": [1.0]}, "joint_lower_limits"),
     ({"autonomy_timeout": -1.0}, "autonomy_timeout"),
     ({"autonomy_max_speed": -3.0}, "autonomy_max_speed"),
+    ({"autonomy_blocked_timeout": -1.0}, "autonomy_blocked_timeout"),
     ({"teleop_timeout": "soon"}, "teleop_timeout"),
 ])
 def test_invalid_parameters_refuse_to_start(start_node, overrides, needle):

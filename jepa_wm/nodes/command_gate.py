@@ -10,6 +10,10 @@ engaged (`~/engage`, std_srvs/SetBool), no protective stop is latched on the
 stop topic, and (by default) the stop topic has a live publisher, i.e. the
 monitor is running.
 
+Autonomy may lead the measured joints only so far (`autonomy_max_speed`); when
+every autonomy command has been bounded for `autonomy_blocked_timeout`, the arm
+is not following (a jammed joint, an obstacle) and autonomy is disengaged.
+
 Whenever output stops being forwarded (stop, disengage, the active input goes
 stale, the monitor disappears, the joint states go stale) the gate publishes
 one HOLD at the measured joint position captured at that moment (without fresh
@@ -85,6 +89,7 @@ class CommandGate(Node):
         self.hold_position: list | None = None
         self.forwarded = 0
         self.limited = 0  # autonomy points bounded by autonomy_max_speed
+        self.limited_since: int | None = None  # first of an unbroken run of bounded autonomy commands
 
         if p["controller_type"] == "joint_trajectory":
             self.out_topic = f"{p['controller_name']}/joint_trajectory"
@@ -133,6 +138,9 @@ class CommandGate(Node):
             "autonomy_timeout": d("autonomy_timeout", 0.3, "autonomy input goes stale after this many seconds: hold"),
             "autonomy_max_speed": d("autonomy_max_speed", 3.0, "an autonomy point may lead the measured position by at most this "
                                     "(rad/s) x (its time_from_start + the measurement's age); 0 = no limit"),
+            "autonomy_blocked_timeout": d("autonomy_blocked_timeout", 1.0,
+                                          "every autonomy command bounded by autonomy_max_speed for this many seconds: "
+                                          "the arm is not following (jammed, blocked); disengage and hold. 0 = never"),
             "stop_topic": d("stop_topic", DEFAULT_STOP_TOPIC, "latched protective stop (std_msgs/Bool, transient local)"),
             "require_monitor": d("require_monitor", True, "forward autonomy only while the stop topic has a publisher"),
             "joint_states_topic": d("joint_states_topic", "/joint_states", "measured joint positions"),
@@ -149,6 +157,8 @@ class CommandGate(Node):
             require(p[k] > 0 and math.isfinite(p[k]), k, f"is {p[k]}; it must be a positive number")
         require(p["autonomy_max_speed"] >= 0 and math.isfinite(p["autonomy_max_speed"]), "autonomy_max_speed",
                 f"is {p['autonomy_max_speed']}; it must be >= 0 rad/s (0 = no limit)")
+        require(p["autonomy_blocked_timeout"] >= 0 and math.isfinite(p["autonomy_blocked_timeout"]),
+                "autonomy_blocked_timeout", f"is {p['autonomy_blocked_timeout']}; it must be >= 0 s (0 = never)")
         require(p["teleop_priority"] != p["autonomy_priority"], "teleop_priority", "must differ from autonomy_priority")
         self.limits = check_limits(p["joint_names"], p["joint_lower_limits"], p["joint_upper_limits"])
         self.p = p
@@ -205,13 +215,15 @@ class CommandGate(Node):
     def _reject(self, name: str, why: str):
         self.get_logger().warning(f"dropping {name} command: {why}", throttle_duration_sec=2.0)
 
-    def _limit_lead(self, traj: JointTrajectory, now: int) -> JointTrajectory:
-        """Bound how far autonomy leads the measured joints. A planner whose model never saw contact keeps
-        commanding through a table it presses against; the limit bounds that wind-up, and so the force.
-        The time a point may cover runs from the measurement (the arm has moved since), not from now."""
+    def _limit_lead(self, traj: JointTrajectory, now: int) -> bool:
+        """Bound how far autonomy leads the measured joints, in place; True if a point was bounded. A planner
+        whose model never saw contact keeps commanding through a table it presses against; the limit bounds
+        that wind-up, and so the force. The time a point may cover runs from the measurement (the arm has
+        moved since), not from now."""
         v = self.p["autonomy_max_speed"]
+        limited = False
         if v <= 0 or self.measured is None:
-            return traj
+            return limited
         age = min((now - self.measured_ns) * 1e-9, self.p["joint_states_timeout"])
         for pt in traj.points:
             t = max(stamp_ns(pt.time_from_start) * 1e-9, self.p["command_duration"]) + age
@@ -219,17 +231,31 @@ class CommandGate(Node):
             bounded = np.clip(pos, self.measured - v * t, self.measured + v * t)
             if np.any(bounded != pos):
                 self.limited += 1
+                limited = True
                 self.get_logger().warning(
                     f"autonomy command leads the joints measured {t:.2f} s before it by "
                     f"{np.abs(pos - self.measured).max():.2f} rad: limited to {v * t:.2f} "
                     f"(autonomy_max_speed {v} rad/s); is the arm blocked?", throttle_duration_sec=2.0)
             pt.positions = self._clip(bounded).tolist()
-        return traj
+        return limited
+
+    def _check_blocked(self, limited: bool, now: int):
+        """Disengage when the arm has not followed autonomy for autonomy_blocked_timeout. The surprise score
+        misses most jammed joints in closed loop (models/README.md); an arm not following is the direct sign."""
+        timeout = self.p["autonomy_blocked_timeout"]
+        if not (limited and self.engaged) or timeout <= 0:
+            self.limited_since = None
+        elif self.limited_since is None:
+            self.limited_since = now
+        elif now - self.limited_since >= timeout * 1e9:
+            self.limited_since = None
+            self._set_engaged(False, f"the arm has not followed autonomy for {timeout} s (every command bounded by "
+                                     f"autonomy_max_speed {self.p['autonomy_max_speed']} rad/s): is it blocked?")
 
     def _accept(self, name: str, traj: JointTrajectory):
         now = self._now()
         if name == "autonomy":
-            traj = self._limit_lead(traj, now)
+            self._check_blocked(self._limit_lead(traj, now), now)
         inp = self.inputs[name]
         inp.last_ns, inp.trajectory = now, traj
         inp.count += 1
@@ -290,6 +316,7 @@ class CommandGate(Node):
         if engaged != self.engaged:
             self.engaged = engaged
             self.engaged_ns = self._now()
+            self.limited_since = None
             # Only commands sent after this engage are forwarded: never a stale one from before.
             self.inputs["autonomy"].clear()
             self.get_logger().info(f"autonomy {'engaged' if engaged else 'disengaged'}: {why}")
