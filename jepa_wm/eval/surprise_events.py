@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from jepa_wm.core.model import WorldModel
-from jepa_wm.core.surprise import SurpriseCalibration, SurpriseDetector
+from jepa_wm.core.surprise import SurpriseCalibration, detect_offline
 from jepa_wm.train.calibration import episode_errors
 
 EVENTS = ("teleport", "blocked_joint", "frozen_camera")
@@ -136,21 +136,20 @@ def summarise(nominal: list[EventEpisode], events: list[EventEpisode], cal: Surp
     return report
 
 
+def trips(e: EventEpisode, cal: SurpriseCalibration, threshold: float) -> np.ndarray:
+    """Where a fresh detector (cal's rules, this threshold) trips over the episode's scores."""
+    return detect_offline(e.scores, threshold, cal.consecutive, instant=cal.instant)
+
+
 def nominal_stops(nominal: list[EventEpisode], cal: SurpriseCalibration, threshold: float) -> int:
     """Nominal episodes that the detector (cal's rules, this threshold) would stop."""
-    stops = 0
-    for e in nominal:
-        det = SurpriseDetector(threshold, cal.consecutive, cal.instant)
-        stops += any(det.update(s) for s in e.scores)
-    return stops
+    return sum(bool(trips(e, cal, threshold).any()) for e in nominal)
 
 
 def detection_delays(eps: list[EventEpisode], cal: SurpriseCalibration, threshold: float) -> np.ndarray:
     """Frames from each event's first visible frame to the stop (1 = that frame; inf = never)."""
     delays = []
     for e in eps:
-        det = SurpriseDetector(threshold, cal.consecutive, cal.instant)
-        trips = [det.update(s) for s in e.scores]
-        hit = next((i for i, t in enumerate(trips) if t and i >= e.onset - 1), None)
+        hit = next((i for i, t in enumerate(trips(e, cal, threshold)) if t and i >= e.onset - 1), None)
         delays.append(np.inf if hit is None else hit - (e.onset - 1) + 1)
     return np.array(delays)
