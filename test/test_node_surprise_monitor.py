@@ -11,7 +11,7 @@ pytest.importorskip("jepa_wm.data.images", reason="jepa_wm.data.images (camera f
 
 from builtin_interfaces.msg import Time  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
-from sensor_msgs.msg import Image  # noqa: E402
+from sensor_msgs.msg import Image, JointState  # noqa: E402
 from std_msgs.msg import Bool, String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
@@ -36,10 +36,13 @@ class Camera:
         self.offset = 0.0  # added to every prediction: 0 = a perfect model
         self.rng = np.random.default_rng(0)
         self.answered = 0
+        self.frozen = False  # True: the driver re-sends its last picture with new stamps
+        self.picture = 0
 
     def frame(self):
         img = np.full((48, 64, 3), 90, np.uint8)
-        x = 8 + (self.k % 20) * 2
+        self.picture += not self.frozen
+        x = 8 + (self.picture % 20) * 2
         img[10:30, x:x + 12] = (200, 40, 40)
         ns = self.t0 + int(self.k * DT * 1e9)
         self.pub.publish(image_msg_from_rgb(img, Time(sec=ns // 10**9, nanosec=ns % 10**9), "camera"))
@@ -137,6 +140,30 @@ def test_silent_camera_latches_and_reset_needs_a_live_camera(ros, start_node, ti
     assert ros.call(Trigger, "/surprise_monitor/reset", Trigger.Request()).success
 
 
+def test_a_camera_repeating_its_frame_while_the_arm_moves_latches_a_stop(ros, start_node, tiny_checkpoint):
+    mon = _start(start_node, tiny_checkpoint, camera_timeout=5.0)
+    cam = Camera(ros)
+    joints = ros.node.create_publisher(JointState, "/joint_states", 10)
+    assert ros.spin_until(lambda: ros.node.count_subscribers("/joint_states") > 0, 15), mon.output
+    q = 0.0
+
+    def run(frames, speed):
+        nonlocal q
+        for _ in range(frames):
+            q += speed
+            joints.publish(JointState(name=["shoulder", "elbow"], position=[q, 0.5]))
+            ros.spin_for(0.02)
+            cam.run(1, answer=False)
+
+    run(5, 0.05)  # a live camera watching the arm move
+    cam.frozen = True
+    run(5, 0.0)  # a still scene: the same picture again is what a rendered camera sends
+    assert not cam.stopped(), mon.output
+    run(3, 0.015)  # the picture stays while the arm moves on: stopped once it has moved over 0.02 rad
+    assert cam.stopped(), mon.output
+    assert mon.wait_output("repeated a frame while the joints moved 0.030", 3), mon.output
+
+
 def test_malformed_frames_are_reported_and_the_monitor_survives(ros, start_node, tiny_checkpoint):
     mon = _start(start_node, tiny_checkpoint)
     cam = Camera(ros)
@@ -166,6 +193,7 @@ def test_malformed_frames_are_reported_and_the_monitor_survives(ros, start_node,
     ({"camera_timeout": 0.0}, "parameter 'camera_timeout'"),
     ({"prediction_dt": 0.2}, "parameter 'prediction_dt'"),  # the checkpoint predicts 0.1 s steps
     ({"image_transport": "theora"}, "parameter 'image_transport'"),
+    ({"frozen_frame_motion": -0.1}, "parameter 'frozen_frame_motion'"),
 ])
 def test_bad_parameters_refuse_to_start(start_node, tiny_checkpoint, over, needle):
     params = {"model": str(tiny_checkpoint), **over}

@@ -11,8 +11,10 @@ Scores are normalised by the checkpoint's calibration (`meta["surprise"]`:
 scale, threshold, consecutive, and the whitening that makes the score a
 Mahalanobis distance), or the parameters when set; a
 SurpriseDetector trips after `consecutive` frames over the threshold. A trip,
-a camera silent for `camera_timeout`, or (while the gate forwards autonomy)
-predictions silent for `prediction_timeout` latch a protective stop: True on
+a camera silent for `camera_timeout`, a camera that repeats its frame while
+the joints move (`frozen_frame_motion`, core.surprise.FrozenFrameCheck), or
+(while the gate forwards autonomy) predictions silent for
+`prediction_timeout` latch a protective stop: True on
 the stop topic (std_msgs/Bool, reliable, transient local). Only `~/reset`
 (std_srvs/Trigger) clears it, and only when the camera is live again.
 """
@@ -26,7 +28,7 @@ import math
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.node import Node
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Bool, String
 from std_srvs.srv import Trigger
 
@@ -70,6 +72,7 @@ class SurpriseMonitor(Node):
         self.last_score = float("nan")
         self.scored = 0
         self.bad_frames = 0
+        self.joints: dict = {}  # name -> latest measured position
 
         self.stop_pub = self.create_publisher(Bool, p["stop_topic"], LATCHED_QOS)
         self.score_pub = self.create_publisher(Image, "~/score", RELIABLE_QOS)
@@ -78,6 +81,8 @@ class SurpriseMonitor(Node):
         subscribe_camera(self, p["camera_topic"], p["image_transport"], self._on_image, self._on_compressed)
         self.create_subscription(Image, p["predicted_topic"], self._on_prediction, RELIABLE_QOS)
         self.create_subscription(String, p["gate_state_topic"], self._on_gate_state, LATCHED_QOS)
+        if self.frozen is not None:
+            self.create_subscription(JointState, p["joint_states_topic"], self._on_joint_states, RELIABLE_QOS)
         self.create_service(Trigger, "~/reset", self._on_reset)
         self.create_timer(0.05, self._check_stale)
         self.create_timer(1.0, self._diagnostics)
@@ -85,7 +90,9 @@ class SurpriseMonitor(Node):
         self.get_logger().info(
             f"monitor up: camera '{p['camera_topic']}' ({p['image_transport']}), predictions '{p['predicted_topic']}', "
             f"threshold {self.threshold:.3g} x{self.consecutive} frames (instant {self.instant:g}x), scale {self.scale:.3g}, "
-            f"{'whitened' if self.whitening is not None else 'plain squared'} error, stop latch '{p['stop_topic']}'"
+            f"{'whitened' if self.whitening is not None else 'plain squared'} error, frozen-frame check "
+            + (f"at {p['frozen_frame_motion']:g} rad of '{p['joint_states_topic']}'" if self.frozen else "off")
+            + f", stop latch '{p['stop_topic']}'"
         )
 
     # ------------------------------------------------------------------ set-up
@@ -112,6 +119,9 @@ class SurpriseMonitor(Node):
             "startup_grace": d("startup_grace", 10.0, "seconds after start before a missing camera latches a stop"),
             "prediction_timeout": d("prediction_timeout", 1.0,
                                     "seconds without predictions, while the gate forwards autonomy, that latch a stop; 0 disables"),
+            "joint_states_topic": d("joint_states_topic", "/joint_states", "measured joint positions (JointState), for the frozen-frame check"),
+            "frozen_frame_motion": d("frozen_frame_motion", 0.02,
+                                     "rad the joints may move while the camera repeats a frame before a stop latches; 0 disables"),
             "torch_threads": d("torch_threads", 1, "torch CPU threads for the encoder"),
         }
         for k in ("prediction_dt", "match_tolerance", "camera_timeout", "startup_grace"):
@@ -119,6 +129,8 @@ class SurpriseMonitor(Node):
         require(p["image_transport"] in IMAGE_TRANSPORTS, "image_transport",
                 f"is {p['image_transport']!r}; set one of {list(IMAGE_TRANSPORTS)}")
         require(p["prediction_timeout"] >= 0, "prediction_timeout", "must be >= 0 (0 disables the check)")
+        require(p["frozen_frame_motion"] >= 0 and math.isfinite(p["frozen_frame_motion"]), "frozen_frame_motion",
+                f"is {p['frozen_frame_motion']}; it must be >= 0 rad (0 disables the check)")
         for k in ("threshold", "scale", "consecutive", "instant"):
             require(p[k] >= 0, k, f"is {p[k]}; it must be >= 0 (0 = use the checkpoint's calibration)")
         require(p["torch_threads"] >= 1, "torch_threads", "must be >= 1")
@@ -152,9 +164,10 @@ class SurpriseMonitor(Node):
         require(self.scale > 0, "scale", f"is unset and checkpoint {p['model']} has no surprise calibration: set scale")
         require(self.threshold > 0, "threshold",
                 f"is unset and checkpoint {p['model']} has no surprise calibration: set threshold")
-        from jepa_wm.core.surprise import SurpriseDetector
+        from jepa_wm.core.surprise import FrozenFrameCheck, SurpriseDetector
 
         self.detector = SurpriseDetector(self.threshold, self.consecutive, self.instant)
+        self.frozen = FrozenFrameCheck(p["frozen_frame_motion"]) if p["frozen_frame_motion"] > 0 else None
         self.latent_dim = model.cfg.latent_dim
 
     # ------------------------------------------------------------------ inputs
@@ -176,6 +189,9 @@ class SurpriseMonitor(Node):
             self.get_logger().warning(f"dropping camera frame: {e}", throttle_duration_sec=2.0)
             return
         self.last_frame_ns = self._now()
+        if self.frozen is not None and self.frozen.update(msg.data, self.joints):
+            self._latch(f"camera '{self.p['camera_topic']}' repeated a frame while the joints moved "
+                        f"{self.frozen.moved:.3f} rad: is its driver frozen?")
         z = self.encode(rgb)
         t = stamp_ns(msg.header.stamp)
         self.observed[t] = z
@@ -195,6 +211,9 @@ class SurpriseMonitor(Node):
         while len(self.predictions) > 64:
             self.predictions.popitem(last=False)
         self._match()
+
+    def _on_joint_states(self, msg: JointState):
+        self.joints = dict(zip(msg.name, msg.position))
 
     def _on_gate_state(self, msg: String):
         try:
