@@ -61,7 +61,7 @@ def _simulate(job) -> tuple[str, np.ndarray]:
         ep = goals.run_episode(sim, goals.make_tasks(sim, 1, seed)[0], agent, steps, tolerance=0.0)
         frames, actions = np.stack(ep.images), np.stack(ep.actions + ep.actions[-1:])
     else:
-        frames, actions, _ = surprise_events.record(sim, _WORKER["policy"], steps, seed)
+        frames, actions, _, _ = surprise_events.record(sim, _WORKER["policy"], steps, seed)
     return kind, episode_residuals(model, frames, actions)
 
 

@@ -16,11 +16,21 @@ def default_model_path() -> Path:
     return model_file("sim.safetensors")
 
 
+def node_parameters(node: str, path=None) -> dict:
+    """A node's parameters from its file in config/ (`config/<node>.yaml` unless `path` is given)."""
+    path = Path(path) if path else config_file(f"{node}.yaml")
+    return yaml.safe_load(path.read_text())[node]["ros__parameters"]
+
+
 def planner_config(path=None, **overrides) -> PlannerConfig:
     """CEM settings from the planner node's parameter file, so evaluation plans exactly as deployment does."""
-    path = Path(path) if path else config_file("planner.yaml")
-    params = yaml.safe_load(path.read_text())["planner"]["ros__parameters"]
+    params = node_parameters("planner", path)
     return PlannerConfig(**{k: params[k] for k in PLANNER_KEYS if k in params}, **overrides)
+
+
+def frozen_frame_motion() -> float:
+    """The surprise monitor's frozen-frame check as deployed (config/monitor.yaml)."""
+    return float(node_parameters("surprise_monitor", config_file("monitor.yaml"))["frozen_frame_motion"])
 
 
 def make_sim(meta: dict, **overrides):
