@@ -9,7 +9,7 @@ import yaml
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
-from jepa_wm.data.bags import BagError, DataConfig, EpisodeWriter
+from jepa_wm.data.bags import BagError, DataConfig
 from jepa_wm.data.dataset import (ClipDataset, Episode, action_stats, find_bags, load_episodes, split_episodes)
 
 TS = get_typestore(Stores.ROS2_HUMBLE)

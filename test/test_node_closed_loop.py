@@ -22,7 +22,7 @@ pytest.importorskip("jepa_wm.data.images", reason="jepa_wm.data.images is not in
 
 from sensor_msgs.msg import Image, JointState  # noqa: E402
 from std_msgs.msg import Bool, String  # noqa: E402
-from std_srvs.srv import SetBool, Trigger  # noqa: E402
+from std_srvs.srv import SetBool  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
 from jepa_wm.nodes.common import LATCHED_QOS, image_msg_from_rgb  # noqa: E402
