@@ -8,6 +8,7 @@ import pytest
 pytest.importorskip("mujoco", reason="the embedded simulator needs mujoco")
 
 from jepa_wm.cli import main as cli  # noqa: E402
+from jepa_wm.core.checks import FrozenFrameCheck, StuckJointCheck  # noqa: E402
 from jepa_wm.eval import goals  # noqa: E402
 from jepa_wm.eval import surprise_events  # noqa: E402
 from jepa_wm.eval.surprise_events import auroc  # noqa: E402
@@ -74,23 +75,29 @@ def test_push_goals_score_where_the_object_ends_not_only_the_arm():
 def test_events_count_from_the_first_frame_that_shows_them():
     sim = ArmSim(SimConfig())
     policy = ExplorationPolicy(sim)
-    frames, _, onset, joints = surprise_events.record(sim, policy, 40, seed=3, kind="frozen_camera", start=10)
+    frames, actions, onset, joints = surprise_events.record(sim, policy, 40, seed=3, kind="frozen_camera", start=10)
     sim.reset()
     # A frozen camera repeats the frame before the freeze; it shows once the arm has moved.
     assert all(np.array_equal(f, frames[9]) for f in frames[10:])
     assert onset >= 10 and len(joints) == len(frames)
     # The monitor's frozen-frame check trips from the frame that shows it (scores index frame i + 1).
-    frozen = surprise_events.frozen_frames(frames, joints, 0.02)
+    frozen = surprise_events.check_trips(frames, joints, actions, FrozenFrameCheck(0.02), None)
     assert not frozen[:9].any() and frozen[onset - 1]
     # A jammed joint shows once it is asked to move: never, under a policy that holds the arm still.
     _, _, onset, _ = surprise_events.record(sim, HoldStill(), 20, seed=3, kind="blocked_joint", start=5)
     sim.reset()
     assert onset == -1
+    # Under exploration it shows; the gate's stuck-joint check trips within two frames of that.
+    frames, actions, onset, joints = surprise_events.record(sim, policy, 40, seed=3, kind="blocked_joint", start=10)
+    sim.reset()
+    stuck = surprise_events.check_trips(frames, joints, actions, None, StuckJointCheck())
+    assert onset >= 10 and not stuck[:9].any() and stuck[onset - 1:onset + 1].any()
     _, _, onset, _ = surprise_events.record(sim, policy, 40, seed=3, kind="teleport", start=10)
     sim.reset()
     assert onset == 10
-    frames, _, onset, joints = surprise_events.record(sim, policy, 40, seed=3)
-    assert onset == -1 and not surprise_events.frozen_frames(frames, joints, 0.02).any()
+    frames, actions, onset, joints = surprise_events.record(sim, policy, 40, seed=3)
+    assert onset == -1
+    assert not surprise_events.check_trips(frames, joints, actions, FrozenFrameCheck(0.02), StuckJointCheck()).any()
 
 
 def test_eval_writes_the_report_and_the_plots(tiny_checkpoint, tmp_path, capsys):
@@ -109,13 +116,13 @@ def test_eval_writes_the_report_and_the_plots(tiny_checkpoint, tmp_path, capsys)
         s = report[key]
         assert s["nominal_episodes"] == 2 and s["nominal_prediction_error"] > 0
         assert s["calibration"]["threshold"] == 5.0
-        assert s["monitor_nominal_stops"] >= s["nominal_stops"]
+        assert s["checks_nominal_stops"] >= s["nominal_stops"]
         for kind in ("teleport", "blocked_joint", "frozen_camera"):
             assert s[kind]["episodes"] + s[kind]["never_visible"] == 2
             assert s[kind]["episodes"] == 0 or 0.0 <= s[kind]["auroc"] <= 1.0
         assert s["teleport"]["episodes"] == 2  # a jump is visible at once
         # A frozen camera that shows (the arm moved 0.05 rad) has already moved past the frozen-frame check.
-        assert s["frozen_camera"]["episodes"] == 0 or s["frozen_camera"]["monitor"]["detected_within_2"] == 1.0
+        assert s["frozen_camera"]["episodes"] == 0 or s["frozen_camera"]["checks"]["detected_within_2"] == 1.0
     s = report["surprise"]
     # Lower thresholds never stop fewer nominal episodes nor detect fewer events.
     sweep = s["threshold_sweep"]

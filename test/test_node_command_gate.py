@@ -178,7 +178,7 @@ def test_autonomy_leads_the_measured_joints_by_at_most_max_speed_times_time(ros,
 
 
 def test_an_arm_that_does_not_follow_autonomy_is_disengaged_and_held(ros, start_node):
-    gate = start_node("command_gate", "gate.yaml", {"autonomy_blocked_timeout": 0.5})
+    gate = start_node("command_gate", "gate.yaml", {"autonomy_blocked_timeout": 0.5, "stuck_joint_lead": 0.0})
     rig = Rig(ros)
     rig.wait_up(gate)
     assert rig.engage().success
@@ -198,6 +198,38 @@ def test_an_arm_that_does_not_follow_autonomy_is_disengaged_and_held(ros, start_
     rig.stream(rig.auto, lambda: traj(AUTO), 0.5)
     assert all(rig.positions(m) != AUTO for _, m in rig.out[n1:]), "autonomy needs an explicit re-engage"
     assert gate.alive()
+
+
+def test_a_joint_that_stands_still_while_autonomy_moves_it_on_is_disengaged_at_once(ros, start_node):
+    gate = start_node("command_gate", "gate.yaml", {"autonomy_blocked_timeout": 0.0})
+    rig = Rig(ros)
+    rig.wait_up(gate)
+    assert rig.engage().success
+    command = np.array(MEASURED)
+
+    def step(follows):
+        """The arm reaches the last command on the joints that follow; the planner moves 0.02 rad on."""
+        nonlocal command
+        rig.measured = np.where(follows, command, rig.measured).tolist()
+        ros.spin_for(0.06)  # a joint state with the new position reaches the gate
+        command = command + 0.02
+        rig.auto.publish(traj(command))
+        ros.spin_for(0.04)
+
+    for _ in range(10):
+        step([True, True, True])
+    assert rig.state()["engaged"], "an arm that follows a slow ramp is not stuck"
+    steps = 0
+    while rig.state()["engaged"] and steps < 6:  # the elbow jams
+        step([True, True, False])
+        steps += 1
+    st = rig.state()
+    assert not st["engaged"] and st["mode"] == "hold" and "'elbow' stood still" in st["reason"], st
+    # Its command 0.02 rad on per step: past 0.03 rad at the second, stuck twice in a row at the third.
+    assert steps <= 3, f"disengaged after {steps} commands past the jam"
+    ros.spin_for(0.2)
+    assert np.allclose(rig.positions(rig.out[-1][1]), rig.measured), "held where the arm is"
+    assert gate.wait_output("is it blocked?", 5), gate.output
 
 
 def test_stale_joint_states_hold_without_moving_the_arm_back(ros, start_node):
@@ -249,6 +281,7 @@ def test_forward_command_controller_and_missing_monitor(ros, start_node):
     ({"autonomy_timeout": -1.0}, "autonomy_timeout"),
     ({"autonomy_max_speed": -3.0}, "autonomy_max_speed"),
     ({"autonomy_blocked_timeout": -1.0}, "autonomy_blocked_timeout"),
+    ({"stuck_joint_still": 0.0}, "stuck_joint_still"),
     ({"teleop_timeout": "soon"}, "teleop_timeout"),
 ])
 def test_invalid_parameters_refuse_to_start(start_node, overrides, needle):

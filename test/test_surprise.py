@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from jepa_wm.core.surprise import (
-    FrozenFrameCheck, SurpriseDetector, calibrate, detect_offline, fit_whitening, residual_error, surprise_score,
+    SurpriseDetector, calibrate, detect_offline, fit_whitening, residual_error, surprise_score,
 )
 
 
@@ -82,23 +82,3 @@ def test_whitened_score_sees_a_shift_along_a_quiet_direction():
         fit_whitening(nominal[:10])
     with pytest.raises(ValueError, match="latent dimension 7"):
         surprise_score(np.zeros(7), np.zeros(7), 1.0, w)
-
-
-def test_frozen_frame_check_trips_on_a_repeated_frame_only_while_the_arm_moves():
-    rng = np.random.default_rng(0)
-    frames = [rng.integers(0, 255, (8, 8, 3), dtype=np.uint8) for _ in range(3)]
-    check = FrozenFrameCheck(motion=0.02)
-    # A live camera: every frame differs, whatever the arm does.
-    assert not any(check.update(f, {"shoulder": 0.1 * i}) for i, f in enumerate(frames))
-    # A still scene renders the same frame again and again: not frozen while the arm stands still.
-    assert not any(check.update(frames[-1].copy(), {"shoulder": 0.2 + 1e-4 * i}) for i in range(5))
-    # The camera repeats its last frame while the arm moves on: tripped once the motion passes 0.02 rad.
-    trips = [check.update(frames[-1].copy(), {"shoulder": 0.2 + 0.015 * i, "elbow": 0.0}) for i in range(1, 4)]
-    assert trips == [False, True, True] and check.moved == pytest.approx(0.045, abs=1e-9)
-    # The same bytes from a message buffer count the same; a new frame starts over.
-    assert check.update(frames[-1].tobytes(), {"shoulder": 1.0})
-    assert not check.update(frames[0], {"shoulder": 1.0})
-    # Joints it cannot compare (none yet, or other names) are not motion.
-    assert not check.update(frames[0], {"wrist": 3.0})
-    with pytest.raises(ValueError, match="motion > 0"):
-        FrozenFrameCheck(0.0)

@@ -112,23 +112,22 @@ def surprise_suite(model, sim, policy, cal, n: int, seed: int, starts: range, ke
 
     from jepa_wm.core.surprise import residual_error
     from jepa_wm.eval import plots, surprise_events
-    from jepa_wm.eval.common import frozen_frame_motion
+    from jepa_wm.eval.common import deployed_checks
     from jepa_wm.train.calibration import episode_residuals
 
     label = key.replace("_", " ")
-    motion = frozen_frame_motion()
     runs = [surprise_events.record(sim, policy, STEPS, seed + 500 + i) for i in tqdm(range(n), desc=f"{label}: nominal")]
     residuals = [episode_residuals(model, f, a) for f, a, _, _ in runs]
     nominal = [surprise_events.EventEpisode("nominal", -1, residual_error(r, cal.whitening) / cal.scale,
-                                            surprise_events.frozen_frames(f, q, motion))
-               for r, (f, _, _, q) in zip(residuals, runs)]
+                                            surprise_events.check_trips(f, q, a, *deployed_checks()))
+               for r, (f, a, _, q) in zip(residuals, runs)]
     events = []
     for kind in surprise_events.EVENTS:
         for i in tqdm(range(n), desc=f"{label}: {kind}"):
             f, a, onset, q = surprise_events.record(sim, policy, STEPS, seed + 900 + i, kind, starts[i % len(starts)])
             sim.reset()  # clear the perturbation
             events.append(surprise_events.EventEpisode(kind, onset, surprise_events.episode_scores(model, f, a, cal),
-                                                       surprise_events.frozen_frames(f, q, motion)))
+                                                       surprise_events.check_trips(f, q, a, *deployed_checks())))
     nominal_error = float(np.mean(np.concatenate([residual_error(r) for r in residuals])))
     calibration = {k: v for k, v in cal.to_dict().items() if k != "whitening"}
     calibration["whitened"] = cal.whitening is not None
@@ -137,7 +136,7 @@ def surprise_suite(model, sim, policy, cal, n: int, seed: int, starts: range, ke
     plots.surprise_traces(nominal, events, cal, out / f"{key}.png")
     print(f"{label}: one-step prediction error on nominal episodes {nominal_error:.4f}")
     print(f"{label}: threshold {cal.threshold:.2f}, stops on nominal episodes {s['nominal_stops']}/{s['nominal_episodes']} "
-          f"(with the frozen-frame check at {motion:g} rad: {s['monitor_nominal_stops']})")
+          f"(with the frozen-frame and stuck-joint checks: {s['checks_nominal_stops']})")
     for kind in surprise_events.EVENTS:
         e = s[kind]
         if not e["episodes"]:
@@ -146,8 +145,8 @@ def surprise_suite(model, sim, policy, cal, n: int, seed: int, starts: range, ke
         print(f"  {kind}: AUROC {e['auroc']:.3f} (per frame {e['auroc_frames']:.3f}), detected within 2 frames "
               f"{e['detected_within_2']:.0%}, at all {e['detected']:.0%}, frames to detect median "
               f"{e['frames_to_detect_median']:.0f} max {e['frames_to_detect_max']:.0f} "
-              f"({e['never_visible']} of {n} never visible); the monitor with its frozen-frame check: within 2 "
-              f"frames {e['monitor']['detected_within_2']:.0%}, at all {e['monitor']['detected']:.0%}")
+              f"({e['never_visible']} of {n} never visible); with the frozen-frame and stuck-joint checks: within 2 "
+              f"frames {e['checks']['detected_within_2']:.0%}, at all {e['checks']['detected']:.0%}")
     for row in s["threshold_sweep"][1:]:
         print(f"  at threshold {row['threshold']:.1f}: {row['nominal_stops']}/{n} nominal stops, within 2 frames "
               + ", ".join(f"{k.removesuffix('_within_2')} {v:.0%}" for k, v in row.items() if k.endswith("_within_2")))

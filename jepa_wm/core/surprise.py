@@ -17,15 +17,12 @@ Calibration sets the threshold at a high quantile of nominal scores; the
 detector trips after `consecutive` frames in a row exceed it, and a single
 score beyond `instant` x the threshold trips at once.
 
-`FrozenFrameCheck` is the monitor's second check: a camera whose frames stop
-changing while the arm moves. The score sees a frozen camera only as a
-missing motion, which a slow arm makes small (models/README.md).
+The score sees a frozen camera or a jammed joint only as a missing motion,
+which a slow arm makes small; core.checks catches both directly.
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -142,31 +139,3 @@ class SurpriseDetector:
 
     def reset(self):
         self.run = 0
-
-
-class FrozenFrameCheck:
-    """A frame bit-identical to the one before while the joints moved more than `motion` rad: a frozen camera.
-
-    Sensor noise makes consecutive frames of a real camera differ somewhere; a driver that hangs and re-sends
-    its last buffer does not. A rendered camera repeats the frames of a still scene exactly, hence the motion
-    condition: the joints are compared with where they were when the repeated frame first arrived.
-    """
-
-    def __init__(self, motion: float):
-        if not motion > 0:
-            raise ValueError(f"need motion > 0 rad, got {motion}")
-        self.motion = motion
-        self.digest: bytes | None = None
-        self.since: dict = {}  # joint positions when the current frame content first arrived
-        self.moved = 0.0  # rad, largest joint motion while the frame did not change
-
-    def update(self, frame, joints: Mapping) -> bool:
-        """frame: its bytes (any buffer: a message's data, an image array); joints: name -> position (rad)."""
-        buf = frame if not isinstance(frame, np.ndarray) else np.ascontiguousarray(frame)
-        digest = hashlib.blake2b(buf, digest_size=16).digest()
-        if digest != self.digest:
-            self.digest, self.since, self.moved = digest, dict(joints), 0.0
-            return False
-        common = self.since.keys() & joints.keys()
-        self.moved = max((abs(joints[k] - self.since[k]) for k in common), default=0.0)
-        return self.moved > self.motion

@@ -28,9 +28,16 @@ def planner_config(path=None, **overrides) -> PlannerConfig:
     return PlannerConfig(**{k: params[k] for k in PLANNER_KEYS if k in params}, **overrides)
 
 
-def frozen_frame_motion() -> float:
-    """The surprise monitor's frozen-frame check as deployed (config/monitor.yaml)."""
-    return float(node_parameters("surprise_monitor", config_file("monitor.yaml"))["frozen_frame_motion"])
+def deployed_checks():
+    """Fresh model-free checks as deployed: the monitor's frozen-frame check and the gate's stuck-joint check
+    (None where config/monitor.yaml or config/gate.yaml turns one off)."""
+    from jepa_wm.core.checks import FrozenFrameCheck, StuckJointCheck
+
+    motion = node_parameters("surprise_monitor", config_file("monitor.yaml"))["frozen_frame_motion"]
+    gate = node_parameters("command_gate", config_file("gate.yaml"))
+    return (FrozenFrameCheck(motion) if motion > 0 else None,
+            StuckJointCheck(gate["stuck_joint_lead"], gate["stuck_joint_still"], gate["stuck_joint_steps"])
+            if gate["stuck_joint_lead"] > 0 else None)
 
 
 def make_sim(meta: dict, **overrides):

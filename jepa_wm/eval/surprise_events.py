@@ -11,9 +11,9 @@ than VISIBLE rad from where it jammed; frozen: some joint has moved more than
 VISIBLE rad since the last real frame; teleport: at once.
 Scores are the online ones: the latent predicted for a frame from the last
 `history` frames and the commands actually sent, against the latent observed.
-The monitor also stops on a frame repeated while the joints move
-(core.surprise.FrozenFrameCheck); `summarise` reports the score alone and the
-monitor's two checks together.
+Deployed, two model-free checks stand beside the score (core.checks): the
+monitor's frozen-frame check and the gate's stuck-joint check; `summarise`
+reports the score alone and the three together.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from jepa_wm.core.model import WorldModel
-from jepa_wm.core.surprise import FrozenFrameCheck, SurpriseCalibration, detect_offline
+from jepa_wm.core.checks import FrozenFrameCheck, StuckJointCheck
+from jepa_wm.core.surprise import SurpriseCalibration, detect_offline
 from jepa_wm.train.calibration import episode_errors
 
 EVENTS = ("teleport", "blocked_joint", "frozen_camera")
@@ -37,7 +38,7 @@ class EventEpisode:
     kind: str  # "nominal" or one of EVENTS
     onset: int  # frame index at which the event is first visible (-1: nominal, or never visible)
     scores: np.ndarray  # normalised surprise of frames 1..T-1 (index i scores frame i+1)
-    frozen: np.ndarray | None = None  # the frozen-frame check's verdict on frames 1..T-1; None: not run
+    checks: np.ndarray | None = None  # where the model-free checks trip, frames 1..T-1; None: not run
 
 
 def inject(sim, kind: str, rng):
@@ -82,10 +83,14 @@ def record(sim, policy, steps: int, seed: int, kind: str = "nominal", start: int
     return np.stack(frames), np.asarray(actions, np.float32), onset, np.stack(joints)
 
 
-def frozen_frames(frames, joints, motion: float) -> np.ndarray:
-    """The monitor's frozen-frame check over an episode, for frames 1..T-1 (indexed like the scores)."""
-    check = FrozenFrameCheck(motion)
-    return np.array([check.update(f, dict(enumerate(q))) for f, q in zip(frames, joints)][1:], dtype=bool)
+def check_trips(frames, joints, actions, frozen: FrozenFrameCheck | None, stuck: StuckJointCheck | None) -> np.ndarray:
+    """Where fresh checks trip over an episode (the frozen-frame check on every frame, the stuck-joint check on
+    every command with the joints measured before it), for frames 1..T-1 (indexed like the scores)."""
+    out = []
+    for f, q, a in zip(frames, joints, actions):
+        hit = frozen is not None and frozen.update(f, dict(enumerate(q)))
+        out.append((stuck is not None and stuck.update(a, q)) or hit)
+    return np.array(out[1:], dtype=bool)
 
 
 @torch.no_grad()
@@ -109,7 +114,7 @@ def window_max(scores, window: int) -> np.ndarray:
 
 def summarise(nominal: list[EventEpisode], events: list[EventEpisode], cal: SurpriseCalibration, window: int = 2):
     """Per event: AUROC, frames to detect, detection rate; stops on nominal episodes; both again at lower thresholds,
-    and (under "monitor", for episodes with `frozen` set) for the score and the frozen-frame check together.
+    and (under "checks", for episodes with `checks` set) for the score and the model-free checks together.
 
     AUROC separates what a stop within `window` frames has to act on: the
     largest score in the first `window` frames of each event against the
@@ -140,12 +145,12 @@ def summarise(nominal: list[EventEpisode], events: list[EventEpisode], cal: Surp
             "episodes": len(eps),
             "never_visible": never,
         }
-        if all(e.frozen is not None for e in eps):
-            both = detection_delays(eps, cal, cal.threshold, monitor=True)
-            report[kind]["monitor"] = {"detected": float(np.isfinite(both).mean()),
-                                       f"detected_within_{window}": float((both <= window).mean())}
-    if all(e.frozen is not None for e in nominal):
-        report["monitor_nominal_stops"] = nominal_stops(nominal, cal, cal.threshold, monitor=True)
+        if all(e.checks is not None for e in eps):
+            both = detection_delays(eps, cal, cal.threshold, checks=True)
+            report[kind]["checks"] = {"detected": float(np.isfinite(both).mean()),
+                                      f"detected_within_{window}": float((both <= window).mean())}
+    if all(e.checks is not None for e in nominal):
+        report["checks_nominal_stops"] = nominal_stops(nominal, cal, cal.threshold, checks=True)
     # Lower thresholds trade nominal stops for earlier detection: the curve a user picks an operating point on.
     report["threshold_sweep"] = [
         {"threshold": t, "nominal_stops": nominal_stops(nominal, cal, t),
@@ -155,24 +160,24 @@ def summarise(nominal: list[EventEpisode], events: list[EventEpisode], cal: Surp
     return report
 
 
-def trips(e: EventEpisode, cal: SurpriseCalibration, threshold: float, monitor: bool = False) -> np.ndarray:
-    """Where a fresh detector (cal's rules, this threshold) trips over the episode's scores; with `monitor`,
-    also where the frozen-frame check does."""
+def trips(e: EventEpisode, cal: SurpriseCalibration, threshold: float, checks: bool = False) -> np.ndarray:
+    """Where a fresh detector (cal's rules, this threshold) trips over the episode's scores; with `checks`,
+    also where the model-free checks do."""
     t = detect_offline(e.scores, threshold, cal.consecutive, instant=cal.instant)
-    return t | e.frozen if monitor else t
+    return t | e.checks if checks else t
 
 
 def nominal_stops(nominal: list[EventEpisode], cal: SurpriseCalibration, threshold: float,
-                  monitor: bool = False) -> int:
+                  checks: bool = False) -> int:
     """Nominal episodes that the detector (cal's rules, this threshold) would stop."""
-    return sum(bool(trips(e, cal, threshold, monitor).any()) for e in nominal)
+    return sum(bool(trips(e, cal, threshold, checks).any()) for e in nominal)
 
 
 def detection_delays(eps: list[EventEpisode], cal: SurpriseCalibration, threshold: float,
-                     monitor: bool = False) -> np.ndarray:
+                     checks: bool = False) -> np.ndarray:
     """Frames from each event's first visible frame to the stop (1 = that frame; inf = never)."""
     delays = []
     for e in eps:
-        hit = next((i for i, t in enumerate(trips(e, cal, threshold, monitor)) if t and i >= e.onset - 1), None)
+        hit = next((i for i, t in enumerate(trips(e, cal, threshold, checks)) if t and i >= e.onset - 1), None)
         delays.append(np.inf if hit is None else hit - (e.onset - 1) + 1)
     return np.array(delays)

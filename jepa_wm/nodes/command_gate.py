@@ -12,7 +12,9 @@ monitor is running.
 
 Autonomy may lead the measured joints only so far (`autonomy_max_speed`); when
 every autonomy command has been bounded for `autonomy_blocked_timeout`, the arm
-is not following (a jammed joint, an obstacle) and autonomy is disengaged.
+is not following (a jammed joint, an obstacle) and autonomy is disengaged. A
+joint that stops while autonomy moves its command on (`stuck_joint_*`,
+core.checks.StuckJointCheck) disengages it within two control steps.
 
 Whenever output stops being forwarded (stop, disengage, the active input goes
 stale, the monitor disappears, the joint states go stale) the gate publishes
@@ -38,6 +40,7 @@ from std_msgs.msg import Bool, Float64MultiArray, String
 from std_srvs.srv import SetBool
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
+from jepa_wm.core.checks import StuckJointCheck
 from jepa_wm.nodes.common import (
     DEFAULT_STOP_TOPIC,
     LATCHED_QOS,
@@ -90,6 +93,9 @@ class CommandGate(Node):
         self.forwarded = 0
         self.limited = 0  # autonomy points bounded by autonomy_max_speed
         self.limited_since: int | None = None  # first of an unbroken run of bounded autonomy commands
+        self.stuck = (StuckJointCheck(p["stuck_joint_lead"], p["stuck_joint_still"], p["stuck_joint_steps"])
+                      if p["stuck_joint_lead"] > 0 else None)
+        self.stuck_measured_ns: int | None = None  # the joint states the stuck-joint check last saw
 
         if p["controller_type"] == "joint_trajectory":
             self.out_topic = f"{p['controller_name']}/joint_trajectory"
@@ -141,6 +147,10 @@ class CommandGate(Node):
             "autonomy_blocked_timeout": d("autonomy_blocked_timeout", 1.0,
                                           "every autonomy command bounded by autonomy_max_speed for this many seconds: "
                                           "the arm is not following (jammed, blocked); disengage and hold. 0 = never"),
+            "stuck_joint_lead": d("stuck_joint_lead", 0.03, "rad an autonomy command may move on while its joint stands "
+                                  "still before the joint counts as stuck (jammed, blocked); 0 = no check"),
+            "stuck_joint_still": d("stuck_joint_still", 0.001, "rad a joint must move in a control step to count as moving"),
+            "stuck_joint_steps": d("stuck_joint_steps", 2, "stuck control steps in a row that disengage autonomy and hold"),
             "stop_topic": d("stop_topic", DEFAULT_STOP_TOPIC, "latched protective stop (std_msgs/Bool, transient local)"),
             "require_monitor": d("require_monitor", True, "forward autonomy only while the stop topic has a publisher"),
             "joint_states_topic": d("joint_states_topic", "/joint_states", "measured joint positions"),
@@ -157,6 +167,11 @@ class CommandGate(Node):
             require(p[k] > 0 and math.isfinite(p[k]), k, f"is {p[k]}; it must be a positive number")
         require(p["autonomy_max_speed"] >= 0 and math.isfinite(p["autonomy_max_speed"]), "autonomy_max_speed",
                 f"is {p['autonomy_max_speed']}; it must be >= 0 rad/s (0 = no limit)")
+        require(p["stuck_joint_lead"] >= 0 and math.isfinite(p["stuck_joint_lead"]), "stuck_joint_lead",
+                f"is {p['stuck_joint_lead']}; it must be >= 0 rad (0 = no check)")
+        require(p["stuck_joint_still"] > 0 and math.isfinite(p["stuck_joint_still"]), "stuck_joint_still",
+                f"is {p['stuck_joint_still']}; it must be > 0 rad")
+        require(p["stuck_joint_steps"] >= 1, "stuck_joint_steps", f"is {p['stuck_joint_steps']}; it must be >= 1")
         require(p["autonomy_blocked_timeout"] >= 0 and math.isfinite(p["autonomy_blocked_timeout"]),
                 "autonomy_blocked_timeout", f"is {p['autonomy_blocked_timeout']}; it must be >= 0 s (0 = never)")
         require(p["teleop_priority"] != p["autonomy_priority"], "teleop_priority", "must differ from autonomy_priority")
@@ -252,10 +267,23 @@ class CommandGate(Node):
             self._set_engaged(False, f"the arm has not followed autonomy for {timeout} s (every command bounded by "
                                      f"autonomy_max_speed {self.p['autonomy_max_speed']} rad/s): is it blocked?")
 
+    def _check_stuck(self, traj: JointTrajectory, now: int):
+        """Disengage when a joint stands still while autonomy moves its command on: a jammed joint in two
+        control steps, where the bound above takes a second. Compared only across new joint states."""
+        if self.stuck is None or not (self.engaged and traj.points and self._measured_fresh(now)):
+            return
+        if self.measured_ns == self.stuck_measured_ns:
+            return
+        self.stuck_measured_ns = self.measured_ns
+        if self.stuck.update(traj.points[0].positions, self.measured):
+            self._set_engaged(False, f"joint '{self.joint_names[self.stuck.joint]}' stood still while autonomy moved "
+                                     f"its command {self.stuck.excess:.3f} rad on: is it blocked?")
+
     def _accept(self, name: str, traj: JointTrajectory):
         now = self._now()
         if name == "autonomy":
             self._check_blocked(self._limit_lead(traj, now), now)
+            self._check_stuck(traj, now)
         inp = self.inputs[name]
         inp.last_ns, inp.trajectory = now, traj
         inp.count += 1
@@ -317,6 +345,8 @@ class CommandGate(Node):
             self.engaged = engaged
             self.engaged_ns = self._now()
             self.limited_since = None
+            if self.stuck is not None:
+                self.stuck.reset()
             # Only commands sent after this engage are forwarded: never a stale one from before.
             self.inputs["autonomy"].clear()
             self.get_logger().info(f"autonomy {'engaged' if engaged else 'disengaged'}: {why}")

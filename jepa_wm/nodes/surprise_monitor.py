@@ -12,7 +12,7 @@ scale, threshold, consecutive, and the whitening that makes the score a
 Mahalanobis distance), or the parameters when set; a
 SurpriseDetector trips after `consecutive` frames over the threshold. A trip,
 a camera silent for `camera_timeout`, a camera that repeats its frame while
-the joints move (`frozen_frame_motion`, core.surprise.FrozenFrameCheck), or
+the joints move (`frozen_frame_motion`, core.checks.FrozenFrameCheck), or
 (while the gate forwards autonomy) predictions silent for
 `prediction_timeout` latch a protective stop: True on
 the stop topic (std_msgs/Bool, reliable, transient local). Only `~/reset`
@@ -164,7 +164,8 @@ class SurpriseMonitor(Node):
         require(self.scale > 0, "scale", f"is unset and checkpoint {p['model']} has no surprise calibration: set scale")
         require(self.threshold > 0, "threshold",
                 f"is unset and checkpoint {p['model']} has no surprise calibration: set threshold")
-        from jepa_wm.core.surprise import FrozenFrameCheck, SurpriseDetector
+        from jepa_wm.core.checks import FrozenFrameCheck
+        from jepa_wm.core.surprise import SurpriseDetector
 
         self.detector = SurpriseDetector(self.threshold, self.consecutive, self.instant)
         self.frozen = FrozenFrameCheck(p["frozen_frame_motion"]) if p["frozen_frame_motion"] > 0 else None
