@@ -1,5 +1,6 @@
 """Closed loop over real DDS: sim + planner + monitor + gate as four processes reach a goal image,
-then an occluded camera trips the protective stop and the gate holds the arm.
+then an occluded camera trips the protective stop and the gate holds the arm; a jammed joint and a
+frozen camera in the middle of a move are caught by the gate's and the monitor's model-free checks.
 
 Every node runs with its shipped parameter file and the checkpoint's own
 surprise calibration, so a false stop on the way to the goal fails the test.
@@ -8,6 +9,7 @@ Needs the shipped, trained checkpoint (models/sim.safetensors); a random model
 cannot reach goals, so without one this test skips and says so.
 """
 
+import itertools
 import json
 import time
 from pathlib import Path
@@ -31,50 +33,70 @@ MODEL = Path(__file__).resolve().parents[1] / "models" / "sim.safetensors"
 TOLERANCE = 0.2  # rad, max over joints
 
 
+class Loop:
+    """The four nodes with their shipped parameter files, and what the test watches of them."""
+
+    def __init__(self, ros, start_node, seed=0):
+        from jepa_wm.core.checkpoint import read_header
+        from jepa_wm.sim.arm import ArmSim, SimConfig
+
+        meta = read_header(MODEL)["meta"]
+        self.ros, self.sim = ros, ArmSim(SimConfig(seed=seed))
+        self.names = names = list(meta.get("joint_names") or self.sim.joint_names)
+        self.obs = self.sim.reset(seed=seed)
+        self.lo, self.hi = np.asarray(self.sim.joint_limits)[:, 0], np.asarray(self.sim.joint_limits)[:, 1]
+        limits = {"joint_lower_limits": self.lo.tolist(), "joint_upper_limits": self.hi.tolist()}
+        self.procs = [
+            start_node("sim", "sim.yaml", {"seed": seed}),
+            start_node("command_gate", "gate.yaml", {"joint_names": names, **limits}),
+            start_node("surprise_monitor", "monitor.yaml", {"model": str(MODEL)}),
+            start_node("planner", "planner.yaml", {"model": str(MODEL), "joint_names": names}),
+        ]
+        for p, text in zip(self.procs, ("sim up", "gate up", "monitor up", "active")):
+            assert p.wait_output(text, 90), p.output
+        self.state, self.stop, self.q = {}, [False], [None]
+        node = ros.node
+        node.create_subscription(String, "/command_gate/state", lambda m: self.state.update(json.loads(m.data)), LATCHED_QOS)
+        node.create_subscription(Bool, "/jepa_wm/stop", lambda m: self.stop.__setitem__(0, m.data), LATCHED_QOS)
+        node.create_subscription(JointState, "/joint_states", lambda m: self.q.__setitem__(
+            0, np.array([m.position[list(m.name).index(j)] for j in names])), 10)
+        self.out = ros.collect(JointTrajectory, "/arm_controller/joint_trajectory")
+        self.scores = ros.collect(Image, "/surprise_monitor/score")
+        self.goal_pub = node.create_publisher(Image, "/planner/goal_image", LATCHED_QOS)
+        assert ros.spin_until(lambda: self.q[0] is not None and self.state, 20)
+
+    def goal(self, joints):
+        """Publish the goal image of these joints (the object where it is); returns them, inside the goal range.
+
+        Goals keep 0.1 rad clear of the table and the object: at a goal by the table the planner, whose model
+        never saw contact, presses the arm into it, and the gate's stuck-joint check rightly disengages."""
+        lo, hi = self.lo + 0.15 * (self.hi - self.lo), self.hi - 0.15 * (self.hi - self.lo)
+        goal = np.clip(joints, lo, hi)
+        box = itertools.product((-0.1, 0.0, 0.1), repeat=len(goal))
+        assert all(self.sim.collision_free(goal + d, self.obs.object_xy) for d in box), f"goal {goal} is by the table"
+        self.goal_pub.publish(image_msg_from_rgb(self.sim.render_state(goal, self.obs.object_xy)))
+        return goal
+
+    def engage(self):
+        res = self.ros.call(SetBool, "/command_gate/engage", SetBool.Request(data=True))
+        assert res.success, res.message
+
+
 @pytest.mark.skipif(not MODEL.is_file(), reason=f"no trained checkpoint at {MODEL} (train one with `jepa-wm train`)")
 def test_plans_towards_a_goal_then_stops_on_surprise(ros, start_node):
-    from jepa_wm.core.checkpoint import read_header
-    from jepa_wm.sim.arm import ArmSim, SimConfig
-
-    meta = read_header(MODEL)["meta"]
-    sim = ArmSim(SimConfig(seed=0))
-    names = list(meta.get("joint_names") or sim.joint_names)
-    obs = sim.reset(seed=0)
-    lo, hi = np.asarray(sim.joint_limits)[:, 0], np.asarray(sim.joint_limits)[:, 1]
-    rng = np.random.default_rng(7)
-    goal = np.clip(obs.joint_pos + rng.uniform(-0.5, 0.5, len(names)), lo + 0.15 * (hi - lo), hi - 0.15 * (hi - lo))
-    goal_img = sim.render_state(goal, obs.object_xy)
-
-    limits = {"joint_lower_limits": lo.tolist(), "joint_upper_limits": hi.tolist()}
-    procs = [
-        start_node("sim", "sim.yaml", {"seed": 0}),
-        start_node("command_gate", "gate.yaml", {"joint_names": names, **limits}),
-        start_node("surprise_monitor", "monitor.yaml", {"model": str(MODEL)}),
-        start_node("planner", "planner.yaml", {"model": str(MODEL), "joint_names": names}),
-    ]
-    for p, text in zip(procs, ("sim up", "gate up", "monitor up", "active")):
-        assert p.wait_output(text, 90), p.output
-    state, stop, q = {}, [False], [None]
-    ros.node.create_subscription(String, "/command_gate/state", lambda m: state.update(json.loads(m.data)), LATCHED_QOS)
-    ros.node.create_subscription(Bool, "/jepa_wm/stop", lambda m: stop.__setitem__(0, m.data), LATCHED_QOS)
-    ros.node.create_subscription(
-        JointState, "/joint_states", lambda m: q.__setitem__(0, np.array([m.position[list(m.name).index(j)] for j in names])), 10)
-    out = ros.collect(JointTrajectory, "/arm_controller/joint_trajectory")
-    scores = ros.collect(Image, "/surprise_monitor/score")
-    goal_pub = ros.node.create_publisher(Image, "/planner/goal_image", LATCHED_QOS)
-    goal_pub.publish(image_msg_from_rgb(goal_img))
-    assert ros.spin_until(lambda: q[0] is not None and state, 20)
+    loop = Loop(ros, start_node)
+    procs, state, stop, q, out, scores = loop.procs, loop.state, loop.stop, loop.q, loop.out, loop.scores
+    goal = loop.goal(loop.obs.joint_pos + np.random.default_rng(10).uniform(-0.5, 0.5, len(loop.names)))
     ros.spin_for(1.0)
     q_start = q[0].copy()
-    res = ros.call(SetBool, "/command_gate/engage", SetBool.Request(data=True))
-    assert res.success, res.message
+    loop.engage()
     # The planner's commands reach the controller through the gate, and the arm follows them.
     assert ros.spin_until(lambda: len(out) >= 5, 20), procs[3].output[-2000:]
     assert ros.spin_until(lambda: np.abs(q[0] - q_start).max() > 0.1, 20), "the arm does not move"
     reached = ros.spin_until(lambda: np.abs(q[0] - goal).max() < TOLERANCE or stop[0], 20)
     err = np.abs(q[0] - goal).max()
     assert not stop[0], f"false protective stop on a nominal run:\n{procs[2].output[-3000:]}"
-    assert ros.spin_until(lambda: len(scores) >= 10, 10), f"the monitor scored {len(scores)} predictions:\n{procs[2].output[-3000:]}"
+    assert ros.spin_until(lambda: len(scores) >= 10, 10), f"the monitor scored {len(scores)} predictions (gate: {state}):\n{procs[2].output[-3000:]}"
 
     # Surprise: something covers the lens; the monitor must stop the arm within a few frames.
     t0 = time.monotonic()
@@ -92,3 +114,35 @@ def test_plans_towards_a_goal_then_stops_on_surprise(ros, start_node):
     late = [list(m.points[0].positions) if m.points else [] for _, m in out[n:]]
     assert all(p == [] or np.allclose(p, hold) for p in late), f"forwarded after the stop: {late} (hold {hold})"
     assert reached, f"goal not reached: max joint error {err:.3f} rad (start {np.abs(q_start - goal).max():.3f})"
+
+
+@pytest.mark.skipif(not MODEL.is_file(), reason=f"no trained checkpoint at {MODEL} (train one with `jepa-wm train`)")
+def test_a_jammed_joint_and_a_frozen_camera_mid_move_are_caught_by_the_checks(ros, start_node):
+    loop = Loop(ros, start_node)
+    procs, state, stop, q = loop.procs, loop.state, loop.stop, loop.q
+    # A long turn of the base: the planner moves it for several steps; jam it once it is on its way.
+    q_start = q[0].copy()
+    loop.goal(q_start + [1.0, 0.0, 0.0])
+    ros.spin_for(1.0)
+    loop.engage()
+    assert ros.spin_until(lambda: abs(q[0][0] - q_start[0]) > 0.1, 20), "the base does not turn"
+    assert ros.call(SetBool, "/sim/block_joint", SetBool.Request(data=True)).success  # perturb_joint 0: the base
+    t0 = time.monotonic()
+    assert ros.spin_until(lambda: not state.get("engaged"), 3.0), procs[1].output[-2000:]
+    assert time.monotonic() - t0 < 1.0, "caught within a few control steps, not by the 1 s blocked timeout"
+    assert "'base_yaw' stood still" in state["reason"], state
+    assert not stop[0], "the gate, not a protective stop, caught it"
+    assert ros.call(SetBool, "/sim/block_joint", SetBool.Request(data=False)).success
+
+    # The camera driver hangs (the sim re-sends its last frame) while the arm turns back.
+    q_back = q[0].copy()
+    loop.goal(q_start)
+    ros.spin_for(1.0)
+    loop.engage()
+    assert ros.spin_until(lambda: abs(q[0][0] - q_back[0]) > 0.01, 20), "the base does not turn back"
+    assert ros.call(SetBool, "/sim/freeze_camera", SetBool.Request(data=True)).success
+    t0 = time.monotonic()
+    assert ros.spin_until(lambda: stop[0], 3.0), procs[2].output[-2000:]
+    assert time.monotonic() - t0 < 1.0
+    assert procs[2].wait_output("repeated a frame while the joints moved", 2), procs[2].output[-2000:]
+    assert ros.spin_until(lambda: state.get("mode") == "stopped", 2.0)

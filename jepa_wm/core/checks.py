@@ -48,10 +48,11 @@ class StuckJointCheck:
     """A joint that stops moving while its command moves on: jammed, braked, or pressed against something.
 
     Call `update` once per control step with the command sent now and the joints measured now. For each joint
-    it keeps the command that was in force the last time the joint moved (more than `still` rad in a step); a
-    joint that has not moved since, while its command went on more than `lead` rad past that, is stuck. It
-    trips after `steps` stuck steps in a row. Only changes count, so a re-zeroed joint or a soft drive that
-    lags its commands does not trip it, where a bound on command minus measurement would.
+    it keeps where the joint was, and what it was commanded, when it last moved (more than `still` rad from
+    there); a joint that has not moved since, while its command went on more than `lead` rad past that
+    command, is stuck. It trips after `steps` stuck steps in a row. Only changes count, so a re-zeroed joint
+    or a soft drive that lags its commands does not trip it, where a bound on command minus measurement would;
+    and motion is summed since the anchor, so a joint creeping after small commands is not stuck either.
     """
 
     def __init__(self, lead: float = 0.03, still: float = 0.001, steps: int = 2):
@@ -61,21 +62,22 @@ class StuckJointCheck:
         self.reset()
 
     def reset(self):
-        self.command = self.joints = self.anchor = None
+        self.command = self.anchor = self.anchor_joints = None
         self.run = 0
         self.joint, self.excess = -1, 0.0  # the stuck joint's index and how far its command went on (rad)
 
     def update(self, command, joints) -> bool:
         command, joints = np.asarray(command, float), np.asarray(joints, float)
-        if self.command is None or command.shape != self.command.shape or joints.shape != self.joints.shape:
+        if self.command is None or command.shape != self.command.shape or joints.shape != self.anchor_joints.shape:
             self.reset()
-            self.command, self.joints, self.anchor = command, joints, command.copy()
+            self.command, self.anchor, self.anchor_joints = command, command.copy(), joints
             return False
-        moved = np.abs(joints - self.joints) > self.still
-        # The command of the step just executed: in force while the joint moved, or not.
+        moved = np.abs(joints - self.anchor_joints) > self.still
+        # The command of the step just executed is in force where the joint moved: the new anchor.
         self.anchor = np.where(moved, self.command, self.anchor)
+        self.anchor_joints = np.where(moved, joints, self.anchor_joints)
         excess = np.where(moved, 0.0, np.abs(self.command - self.anchor))
-        self.command, self.joints = command, joints
+        self.command = command
         if excess.max() > self.lead:
             self.run += 1
             self.joint, self.excess = int(excess.argmax()), float(excess.max())

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from jepa_wm.core.model import WorldModel
 from jepa_wm.core.checks import FrozenFrameCheck, StuckJointCheck
+from jepa_wm.core.model import WorldModel
 from jepa_wm.core.surprise import SurpriseCalibration, detect_offline
 from jepa_wm.train.calibration import episode_errors
 

@@ -149,7 +149,7 @@ class CommandGate(Node):
                                           "the arm is not following (jammed, blocked); disengage and hold. 0 = never"),
             "stuck_joint_lead": d("stuck_joint_lead", 0.03, "rad an autonomy command may move on while its joint stands "
                                   "still before the joint counts as stuck (jammed, blocked); 0 = no check"),
-            "stuck_joint_still": d("stuck_joint_still", 0.001, "rad a joint must move in a control step to count as moving"),
+            "stuck_joint_still": d("stuck_joint_still", 0.001, "rad a joint must move (since it last did) to count as moving"),
             "stuck_joint_steps": d("stuck_joint_steps", 2, "stuck control steps in a row that disengage autonomy and hold"),
             "stop_topic": d("stop_topic", DEFAULT_STOP_TOPIC, "latched protective stop (std_msgs/Bool, transient local)"),
             "require_monitor": d("require_monitor", True, "forward autonomy only while the stop topic has a publisher"),
