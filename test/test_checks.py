@@ -22,6 +22,10 @@ def test_frozen_frame_check_trips_on_a_repeated_frame_only_while_the_arm_moves()
     assert not check.update(frames[0], {"shoulder": 1.0})
     # Joints it cannot compare (none yet, or other names) are not motion.
     assert not check.update(frames[0], {"wrist": 3.0})
+    # After a reset (a new episode) the first frame is new content, whatever came before.
+    assert check.update(frames[0], {"shoulder": 2.0})
+    check.reset()
+    assert not check.update(frames[0], {"shoulder": 3.0})
     with pytest.raises(ValueError, match="motion > 0"):
         FrozenFrameCheck(0.0)
 

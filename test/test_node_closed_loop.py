@@ -70,8 +70,9 @@ class Loop:
 
         Goals keep 0.1 rad clear of the table and the object: at a goal by the table the planner, whose model
         never saw contact, presses the arm into it, and the gate's stuck-joint check rightly disengages."""
-        lo, hi = self.lo + 0.15 * (self.hi - self.lo), self.hi - 0.15 * (self.hi - self.lo)
-        goal = np.clip(joints, lo, hi)
+        from jepa_wm.eval.goals import shrunk_limits
+
+        goal = np.clip(joints, *shrunk_limits(self.sim))
         box = itertools.product((-0.1, 0.0, 0.1), repeat=len(goal))
         assert all(self.sim.collision_free(goal + d, self.obs.object_xy) for d in box), f"goal {goal} is by the table"
         self.goal_pub.publish(image_msg_from_rgb(self.sim.render_state(goal, self.obs.object_xy)))

@@ -116,10 +116,11 @@ def surprise_suite(model, sim, policy, cal, n: int, seed: int, starts: range, ke
     from jepa_wm.train.calibration import episode_residuals
 
     label = key.replace("_", " ")
+    checks = deployed_checks()
     runs = [surprise_events.record(sim, policy, STEPS, seed + 500 + i) for i in tqdm(range(n), desc=f"{label}: nominal")]
     residuals = [episode_residuals(model, f, a) for f, a, _, _ in runs]
     nominal = [surprise_events.EventEpisode("nominal", -1, residual_error(r, cal.whitening) / cal.scale,
-                                            surprise_events.check_trips(f, q, a, *deployed_checks()))
+                                            surprise_events.check_trips(f, q, a, *checks))
                for r, (f, a, _, q) in zip(residuals, runs)]
     events = []
     for kind in surprise_events.EVENTS:
@@ -127,7 +128,7 @@ def surprise_suite(model, sim, policy, cal, n: int, seed: int, starts: range, ke
             f, a, onset, q = surprise_events.record(sim, policy, STEPS, seed + 900 + i, kind, starts[i % len(starts)])
             sim.reset()  # clear the perturbation
             events.append(surprise_events.EventEpisode(kind, onset, surprise_events.episode_scores(model, f, a, cal),
-                                                       surprise_events.check_trips(f, q, a, *deployed_checks())))
+                                                       surprise_events.check_trips(f, q, a, *checks)))
     nominal_error = float(np.mean(np.concatenate([residual_error(r) for r in residuals])))
     calibration = {k: v for k, v in cal.to_dict().items() if k != "whitening"}
     calibration["whitened"] = cal.whitening is not None

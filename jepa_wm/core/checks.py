@@ -28,6 +28,9 @@ class FrozenFrameCheck:
         if not motion > 0:
             raise ValueError(f"need motion > 0 rad, got {motion}")
         self.motion = motion
+        self.reset()
+
+    def reset(self):
         self.digest: bytes | None = None
         self.since: dict = {}  # joint positions when the current frame content first arrived
         self.moved = 0.0  # rad, largest joint motion while the frame did not change

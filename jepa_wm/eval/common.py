@@ -29,7 +29,7 @@ def planner_config(path=None, **overrides) -> PlannerConfig:
 
 
 def deployed_checks():
-    """Fresh model-free checks as deployed: the monitor's frozen-frame check and the gate's stuck-joint check
+    """The model-free checks as deployed: the monitor's frozen-frame check and the gate's stuck-joint check
     (None where config/monitor.yaml or config/gate.yaml turns one off)."""
     from jepa_wm.core.checks import FrozenFrameCheck, StuckJointCheck
 

@@ -84,8 +84,11 @@ def record(sim, policy, steps: int, seed: int, kind: str = "nominal", start: int
 
 
 def check_trips(frames, joints, actions, frozen: FrozenFrameCheck | None, stuck: StuckJointCheck | None) -> np.ndarray:
-    """Where fresh checks trip over an episode (the frozen-frame check on every frame, the stuck-joint check on
-    every command with the joints measured before it), for frames 1..T-1 (indexed like the scores)."""
+    """Where the checks, reset first, trip over an episode (the frozen-frame check on every frame, the stuck-joint
+    check on every command with the joints measured before it), for frames 1..T-1 (indexed like the scores)."""
+    for check in (frozen, stuck):
+        if check is not None:
+            check.reset()
     out = []
     for f, q, a in zip(frames, joints, actions):
         hit = frozen is not None and frozen.update(f, dict(enumerate(q)))
