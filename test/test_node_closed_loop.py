@@ -3,7 +3,8 @@ then an occluded camera trips the protective stop and the gate holds the arm; a 
 frozen camera in the middle of a move are caught by the gate's and the monitor's model-free checks.
 
 Every node runs with its shipped parameter file and the checkpoint's own
-surprise calibration, so a false stop on the way to the goal fails the test.
+surprise calibration, so a false stop on the way to the goal fails the test
+(the checks' test puts the score's threshold out of reach, to see the checks).
 
 Needs the shipped, trained checkpoint (models/sim.safetensors); a random model
 cannot reach goals, so without one this test skips and says so.
@@ -23,7 +24,7 @@ pytest.importorskip("jepa_wm.data.images", reason="jepa_wm.data.images is not in
 
 from sensor_msgs.msg import Image, JointState  # noqa: E402
 from std_msgs.msg import Bool, String  # noqa: E402
-from std_srvs.srv import SetBool, Trigger  # noqa: E402
+from std_srvs.srv import SetBool  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
 from jepa_wm.nodes.common import LATCHED_QOS, image_msg_from_rgb  # noqa: E402
@@ -35,7 +36,7 @@ TOLERANCE = 0.2  # rad, max over joints
 class Loop:
     """The four nodes with their shipped parameter files, and what the test watches of them."""
 
-    def __init__(self, ros, start_node, seed=0):
+    def __init__(self, ros, start_node, seed=0, monitor=None):
         from jepa_wm.core.checkpoint import read_header
         from jepa_wm.sim.arm import ArmSim, SimConfig
 
@@ -48,7 +49,7 @@ class Loop:
         self.procs = [
             start_node("sim", "sim.yaml", {"seed": seed}),
             start_node("command_gate", "gate.yaml", {"joint_names": names, **limits}),
-            start_node("surprise_monitor", "monitor.yaml", {"model": str(MODEL)}),
+            start_node("surprise_monitor", "monitor.yaml", {"model": str(MODEL), **(monitor or {})}),
             start_node("planner", "planner.yaml", {"model": str(MODEL), "joint_names": names}),
         ]
         for p, text in zip(self.procs, ("sim up", "gate up", "monitor up", "active")):
@@ -119,7 +120,9 @@ def test_plans_towards_a_goal_then_stops_on_surprise(ros, start_node):
 
 @pytest.mark.skipif(not MODEL.is_file(), reason=f"no trained checkpoint at {MODEL} (train one with `jepa-wm train`)")
 def test_a_jammed_joint_and_a_frozen_camera_mid_move_are_caught_by_the_checks(ros, start_node):
-    loop = Loop(ros, start_node)
+    # The score's threshold out of reach: the score sometimes catches the jam first (jepa-wm eval measures how
+    # often), which would leave the gate's check untested. The monitor's other checks stay as shipped.
+    loop = Loop(ros, start_node, monitor={"threshold": 1e9})
     procs, state, stop, q = loop.procs, loop.state, loop.stop, loop.q
     # A long turn of the base: the planner moves it for several steps; jam it once it is on its way.
     q_start = q[0].copy()
@@ -133,9 +136,7 @@ def test_a_jammed_joint_and_a_frozen_camera_mid_move_are_caught_by_the_checks(ro
     assert "'base_yaw' stood still" in state["reason"], state
     assert ros.call(SetBool, "/sim/block_joint", SetBool.Request(data=False)).success
     ros.spin_for(0.5)
-    if stop[0]:  # the surprise score may have tripped as well, on the frames before the hold
-        assert ros.call(Trigger, "/surprise_monitor/reset", Trigger.Request()).success
-        assert ros.spin_until(lambda: not stop[0], 2.0)
+    assert not stop[0], procs[2].output[-2000:]
 
     # The camera driver hangs (the sim re-sends its last frame) while the arm turns back.
     q_back = q[0].copy()
