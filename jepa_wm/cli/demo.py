@@ -285,5 +285,6 @@ def _summary(path, rec, log):
     ax2.set_ylabel("surprise")
     ax2.set_xlabel("time (s)")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, format="png")  # at exactly this path: matplotlib would add ".png" to a bare name
     plt.close(fig)
