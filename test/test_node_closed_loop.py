@@ -132,7 +132,7 @@ def test_a_jammed_joint_and_a_frozen_camera_mid_move_are_caught_by_the_checks(ro
     assert ros.spin_until(lambda: abs(q[0][0] - q_start[0]) > 0.1, 20), "the base does not turn"
     assert ros.call(SetBool, "/sim/block_joint", SetBool.Request(data=True)).success  # perturb_joint 0: the base
     assert ros.spin_until(lambda: not state.get("engaged"), 3.0), procs[1].output[-2000:]
-    # The stuck-joint check's reason, not the 1 s blocked timeout's, and before any surprise stop.
+    # The stuck-joint check's reason, not the 1 s blocked timeout's.
     assert "'base_yaw' stood still" in state["reason"], state
     assert ros.call(SetBool, "/sim/block_joint", SetBool.Request(data=False)).success
     ros.spin_for(0.5)
