@@ -49,6 +49,38 @@ def test_a_finished_run_resumes_instead_of_restarting(trained, capsys):
     assert meta["step"] == 70
 
 
+def _finetune(parent, out, **train):
+    from jepa_wm.train.pipeline import fit
+    from jepa_wm.train.synthetic import synthetic_episodes
+
+    config = {"train": {"steps": 4, "batch_size": 16, "val_every": 4, "warmup": 1, "precision": "fp32",
+                        "freeze_encoder": True, **train}}
+    return fit(synthetic_episodes(12, size=32, seed=5), config, out, parent=str(parent), sources=["synthetic"])
+
+
+def test_a_dynamics_only_finetune_changes_the_predictor_and_nothing_else(trained, tmp_path):
+    out, _ = trained
+    parent, _ = load_checkpoint(out / "model.safetensors")
+    child, meta = load_checkpoint(_finetune(out / "model.safetensors", tmp_path / "ft", lr=1e-3))
+    assert meta["parent"] == str(out / "model.safetensors")
+    before, after = parent.state_dict(), child.state_dict()
+    for name in before:  # the encoder and its projector, BatchNorm statistics included, and the action statistics
+        if not name.startswith(("predictor.", "pred_projector.")):
+            assert torch.equal(before[name], after[name]), f"{name} changed"
+    assert any(not torch.equal(before[n], after[n]) for n in before if n.startswith("predictor."))
+
+
+def test_a_finetune_that_learns_nothing_leaves_the_deployed_model_as_it_was(trained, tmp_path):
+    # The fine-tune trains the predictor as it is deployed (eval mode). In train mode every step moved the
+    # predictor's BatchNorm statistics and ran dropout, and on the shipped model 600 steps on its own training
+    # data tripled its validation error.
+    out, _ = trained
+    parent, _ = load_checkpoint(out / "model.safetensors")
+    child, _ = load_checkpoint(_finetune(out / "model.safetensors", tmp_path / "ft0", lr=0.0))
+    before, after = parent.state_dict(), child.state_dict()
+    assert [n for n in before if not torch.equal(before[n], after[n])] == []
+
+
 def test_train_refuses_ambiguous_data_sources(tmp_path):
     with pytest.raises(SystemExit, match="exactly one"):
         cli(["train", "--out", str(tmp_path)])

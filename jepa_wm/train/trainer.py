@@ -186,9 +186,9 @@ def train(model: WorldModel, train_set, val_set, cfg: TrainConfig, out_dir, meta
         for batch in loader:
             if step >= cfg.steps:
                 break
-            net.train()
-            if cfg.freeze_encoder:  # frozen BatchNorm statistics too
-                model.encoder.eval(), model.projector.eval()
+            # A dynamics-only fine-tune trains the predictor as it is deployed: BatchNorm statistics frozen, no
+            # dropout. In train mode 600 steps on the parent's own data took its validation error from 0.007 to 0.020.
+            net.train(not cfg.freeze_encoder)
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, cfg)
             pixels, actions = to_model_inputs(model, batch, env.device)
