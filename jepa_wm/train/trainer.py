@@ -187,7 +187,8 @@ def train(model: WorldModel, train_set, val_set, cfg: TrainConfig, out_dir, meta
             if step >= cfg.steps:
                 break
             # A dynamics-only fine-tune trains the predictor as it is deployed: BatchNorm statistics frozen, no
-            # dropout. In train mode 600 steps on the parent's own data took its validation error from 0.007 to 0.020.
+            # dropout. In train mode 600 fp32 steps on the parent's own data took its validation error from 0.0070
+            # to 0.011; in eval mode to 0.0055.
             net.train(not cfg.freeze_encoder)
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, cfg)
