@@ -81,6 +81,16 @@ def test_a_finetune_that_learns_nothing_leaves_the_deployed_model_as_it_was(trai
     assert [n for n in before if not torch.equal(before[n], after[n])] == []
 
 
+def test_training_names_the_joints_its_latent_barely_encodes():
+    from jepa_wm.train.pipeline import weak_joints
+
+    metrics = {"val_probe_r2": 0.7, "val_probe_r2_joint0": 0.98, "val_probe_r2_joint1": 0.32,
+               "val_probe_r2_joint2": 0.89, "val_pred_error": 0.01}
+    assert weak_joints(metrics, ["base_yaw", "shoulder", "elbow"]) == ["shoulder (R^2 0.32)", "elbow (R^2 0.89)"]
+    assert weak_joints(metrics, []) == ["joint 1 (R^2 0.32)", "joint 2 (R^2 0.89)"]  # bags without joint names
+    assert weak_joints({"val_probe_r2_joint0": 0.95}, ["a"]) == []
+
+
 def test_train_refuses_ambiguous_data_sources(tmp_path):
     with pytest.raises(SystemExit, match="exactly one"):
         cli(["train", "--out", str(tmp_path)])

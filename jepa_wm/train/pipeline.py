@@ -47,6 +47,20 @@ def collect_manifest(bag_paths) -> dict:
     return {}
 
 
+WEAK_PROBE = 0.9  # joint probe R^2 under which the latent barely encodes a joint (the planner then misses its goals)
+
+
+def weak_joints(metrics: dict, names) -> list[str]:
+    """'name (R^2 x)' for every joint the validation probe reads worse than WEAK_PROBE."""
+    names = list(names or [])
+    out = []
+    for key, r2 in metrics.items():
+        if key.startswith("val_probe_r2_joint") and r2 < WEAK_PROBE:
+            j = int(key.removeprefix("val_probe_r2_joint"))
+            out.append(f"{names[j] if j < len(names) else f'joint {j}'} (R^2 {r2:.2f})")
+    return out
+
+
 def fit_joint_metric(model, episodes, max_frames: int = 3000) -> JointMetric:
     """The planner's joint probe (core/planner.py) from up to max_frames frames spread over the episodes."""
     every = max(1, sum(len(ep) for ep in episodes) // max_frames)
@@ -107,4 +121,9 @@ def fit(episodes, config: dict, out_dir, parent: str | None = None, sources=None
         save_checkpoint(path, model, meta)
         print(f"saved {path}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
               + f"; surprise threshold {calibration.threshold:.2f} (nominal false-trip rate {calibration.false_trip_rate:.4f})")
+        weak = weak_joints(metrics, meta["joint_names"])
+        if weak and not tcfg.freeze_encoder:
+            print(f"warning: the latent barely encodes {', '.join(weak)}; the planner will miss goals that need "
+                  f"{'it' if len(weak) == 1 else 'them'}. Train longer, or, since which joints it encodes depends on the "
+                  f"seed, again with another --seed (models/README.md)")
     return path
