@@ -2,14 +2,15 @@
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("rclpy", reason="rclpy (ros-rclpy wheels or a ROS 2 install) is needed for the demo")
 pytest.importorskip("mujoco", reason="the embedded simulator needs mujoco")
 
-MODEL = Path(__file__).resolve().parents[1] / "models" / "sim.safetensors"
+from jepa_wm.resources import model_file  # noqa: E402
+
+MODEL = model_file()  # the checkpoint the demo loads by default
 
 
 @pytest.mark.skipif(not MODEL.is_file(), reason=f"no trained checkpoint at {MODEL} (train one with `jepa-wm train`)")
