@@ -40,7 +40,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     sigreg_weight: float = 0.1  # lambda
     sigreg_directions: int = 256
-    precision: str = "auto"  # autocast dtype for the forward pass: "bf16", "fp32", or "auto" (bf16 where it is fast)
+    precision: str = "auto"  # autocast dtype: "bf16", "fp32", or "auto" (bf16 where it is fast; fp32 to fine-tune)
     val_every: int = 250
     log_every: int = 10
     seed: int = 0
@@ -101,6 +101,17 @@ def to_model_inputs(model: WorldModel, batch, device):
     pixels = preprocess(frames, model.cfg.image_size).view(B, L, 3, model.cfg.image_size, model.cfg.image_size)
     actions = model.normalize_actions(batch["actions"].to(device))
     return pixels.to(device), actions
+
+
+def training_precision(cfg: TrainConfig) -> str:
+    """The precision the forward pass runs in; "auto" fine-tunes in fp32.
+
+    bf16 caps how precise the predictor can get: 600 bf16 steps on the shipped model's own data left a validation
+    error of 0.016, fp32 steps 0.0055 (from 0.0070), and with the encoder frozen fp32 costs little.
+    """
+    if cfg.precision == "auto":
+        return "fp32" if cfg.freeze_encoder else "auto"
+    return cfg.precision
 
 
 def trainable_parameters(model: WorldModel, freeze_encoder: bool):
@@ -173,7 +184,7 @@ def train(model: WorldModel, train_set, val_set, cfg: TrainConfig, out_dir, meta
                         drop_last=True, persistent_workers=cfg.workers > 0)
     if len(loader) == 0:
         raise ValueError(f"training set has {len(train_set)} clips: fewer than one batch of {cfg.batch_size} per rank")
-    bf16 = DTYPES[resolve_precision(cfg.precision, env.device)] == torch.bfloat16
+    bf16 = DTYPES[resolve_precision(training_precision(cfg), env.device)] == torch.bfloat16
     amp = torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=bf16)
 
     if env.main:
