@@ -30,11 +30,18 @@ def _frame(i, size=32):
     return img
 
 
+K = [[40.0, 0, 16], [0, 40.0, 16], [0, 0, 1]]
+
+
+def _object_pose(i):
+    return (0.3 + 0.01 * i, -0.05 * i, 0.025), (1.0, 0.0, 0.0, 0.0)
+
+
 def _write_episode(path, n=5, size=32, dt_ns=100 * MS, start_ns=0, **kw):
     with EpisodeWriter(path, JOINTS, control_dt=0.1, **kw) as w:
         for i in range(n):
             ns = start_ns + i * dt_ns
-            w.write_frame(ns, _frame(i, size), [0.1 * i, -0.2 * i], [1.0, -2.0])
+            w.write_frame(ns, _frame(i, size), [0.1 * i, -0.2 * i], [1.0, -2.0], _object_pose(i))
             w.write_command(ns, [0.1 * (i + 1), -0.2 * (i + 1)])
     return path
 
@@ -113,18 +120,19 @@ def robot_bag(path, n=4, image=None, joints=True, commands=True, dt_ns=100 * MS)
 
 
 def test_episode_writer_records_what_a_ros2_recorder_would(tmp_path):
-    bag = _write_episode(tmp_path / "ep", n=5)
+    bag = _write_episode(tmp_path / "ep", n=5, camera_matrix=K, object_pose_topic="/object_pose")
     files = sorted(p.name for p in bag.iterdir())
     assert "metadata.yaml" in files and any(f.endswith(".mcap") for f in files)
     meta = yaml.safe_load((bag / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
     assert meta["storage_identifier"] == "mcap"
-    assert meta["message_count"] == 20
+    assert meta["message_count"] == 25
     types = {t["topic_metadata"]["name"]: t["topic_metadata"]["type"] for t in meta["topics_with_message_count"]}
     assert types == {
         "/camera/image_raw": "sensor_msgs/msg/Image",
         "/camera/camera_info": "sensor_msgs/msg/CameraInfo",
         "/joint_states": "sensor_msgs/msg/JointState",
         "/arm_controller/joint_trajectory": "trajectory_msgs/msg/JointTrajectory",
+        "/object_pose": "geometry_msgs/msg/PoseStamped",
     }
     for f in meta["files"]:
         assert (bag / f["path"]).is_file()
@@ -146,8 +154,14 @@ def test_episode_writer_records_what_a_ros2_recorder_would(tmp_path):
 
     _, info = got["/camera/camera_info"][3]
     assert (info.width, info.height, info.distortion_model) == (32, 32, "plumb_bob")
-    assert info.k[2] == 16 and info.k[5] == 16 and info.k[0] == info.k[4] > 0
+    np.testing.assert_array_equal(info.k, np.reshape(K, -1))
+    np.testing.assert_array_equal(info.p, [40, 0, 16, 0, 0, 40, 16, 0, 0, 0, 1, 0])
     assert info.header.stamp == img.header.stamp
+
+    _, pose = got["/object_pose"][3]
+    assert pose.header.frame_id == "world" and pose.header.stamp == img.header.stamp
+    p, q = pose.pose.position, pose.pose.orientation
+    np.testing.assert_allclose([p.x, p.y, p.z, q.w, q.x, q.y, q.z], [0.33, -0.15, 0.025, 1, 0, 0, 0])
 
     _, js = got["/joint_states"][3]
     assert list(js.name) == JOINTS
@@ -158,6 +172,15 @@ def test_episode_writer_records_what_a_ros2_recorder_would(tmp_path):
     assert list(traj.joint_names) == JOINTS and len(traj.points) == 1
     np.testing.assert_allclose(traj.points[0].positions, [0.4, -0.8])
     assert (traj.points[0].time_from_start.sec, traj.points[0].time_from_start.nanosec) == (0, 100 * MS)
+
+
+def test_episode_writer_without_intrinsics_records_an_uncalibrated_camera_and_no_object(tmp_path):
+    bag = _write_episode(tmp_path / "ep", n=2)  # an object pose given, but no topic to write it on
+    with AnyReader([bag], default_typestore=TS) as reader:
+        assert "/object_pose" not in {c.topic for c in reader.connections}
+        infos = [reader.deserialize(raw, c.msgtype) for c, _, raw in reader.messages()
+                 if c.topic == "/camera/camera_info"]
+    assert len(infos) == 2 and not np.any(infos[0].k)  # CameraInfo: K all zeros = uncalibrated
 
 
 def test_episode_writer_custom_topics_and_no_overwrite(tmp_path):
@@ -195,6 +218,17 @@ def test_read_bag_round_trip(tmp_path):
     np.testing.assert_allclose(s.joint_pos, np.stack([0.1 * np.arange(5), -0.2 * np.arange(5)], 1))
     np.testing.assert_array_equal(s.command_stamps, s.image_stamps)
     np.testing.assert_allclose(s.commands, np.stack([0.1 * np.arange(1, 6), -0.2 * np.arange(1, 6)], 1))
+
+
+def test_read_bag_reads_the_object_pose_where_the_bag_has_it(tmp_path):
+    bag = _write_episode(tmp_path / "ep", n=5, object_pose_topic="/object_pose")
+    s = read_bag(bag, _cfg(object_pose_topic="/object_pose"))
+    np.testing.assert_array_equal(s.object_stamps, s.image_stamps)
+    np.testing.assert_allclose(s.object_pos, [_object_pose(i)[0] for i in range(5)])
+    # Optional: a bag without it loads all the same, without object poses; so does a config without the topic.
+    for path, topic in [(_write_episode(tmp_path / "plain", n=3), "/object_pose"), (bag, "")]:
+        s = read_bag(path, _cfg(object_pose_topic=topic))
+        assert s.object_pos.shape == (0, 3) and len(s.images) in (3, 5)
 
 
 def test_read_bag_resizes_and_reorders_joints(tmp_path):
@@ -351,6 +385,9 @@ def test_wrong_message_type_names_topic_and_types(tmp_path):
     with pytest.raises(BagError, match="topic /joint_states has type sensor_msgs/msg/JointState, expected "
                                        "trajectory_msgs/msg/JointTrajectory or std_msgs/msg/Float64MultiArray"):
         read_bag(bag3, _cfg(image_size=16, action_topic="/joint_states"))
+    with pytest.raises(BagError, match="topic /joint_states has type sensor_msgs/msg/JointState, expected "
+                                       "geometry_msgs/msg/PoseStamped"):
+        read_bag(bag3, _cfg(image_size=16, action_type="delta", object_pose_topic="/joint_states"))
 
 
 def test_malformed_frame_in_a_bag_names_bag_and_topic(tmp_path):
@@ -399,3 +436,5 @@ def test_data_config_defaults_match_the_writer():
     assert (cfg.image_topic, cfg.joint_state_topic, cfg.action_topic) == (
         "/camera/image_raw", "/joint_states", "/arm_controller/joint_trajectory")
     assert (cfg.action_type, cfg.frameskip, cfg.stamps) == ("command", 1, "header")
+    from jepa_wm.cli.collect import OBJECT_POSE_TOPIC
+    assert cfg.object_pose_topic == OBJECT_POSE_TOPIC

@@ -365,7 +365,7 @@ def test_collect_writes_bags_that_load_back(collected, tmp_path):
         assert meta["storage_identifier"] == "mcap"
         counts = {t["topic_metadata"]["name"]: t["message_count"] for t in meta["topics_with_message_count"]}
         assert counts == {"/camera/image_raw": 10, "/camera/camera_info": 10, "/joint_states": 10,
-                          "/arm_controller/joint_trajectory": 10}
+                          "/arm_controller/joint_trajectory": 10, "/object_pose": 10}
     manifest = yaml.safe_load((collected / "collect_00000.yaml").read_text())
     assert manifest["steps"] == 10 and manifest["seeds"] == [0, 1]
     assert (manifest["sim"]["width"], manifest["sim"]["height"]) == (32, 32)
@@ -379,6 +379,11 @@ def test_collect_writes_bags_that_load_back(collected, tmp_path):
         assert np.abs(np.diff(ep.actions, axis=0)).max() <= 0.15 + 1e-6  # the policy's max_step
         assert np.abs(np.diff(ep.joints, axis=0)).max() > 0.01  # the arm moved
         assert not np.array_equal(ep.frames[0], ep.frames[-1])  # and the camera saw it
+        assert ep.objects.shape == (10, 3) and np.ptp(ep.objects[:, 2]) < 1e-3  # the puck, on the table
+    # The cache keeps the object positions.
+    again = load_episodes(collected, DataConfig(image_size=32, cache_dir=str(tmp_path / "cache")), progress=False)
+    for a, b in zip(eps, again):
+        np.testing.assert_array_equal(a.objects, b.objects)
 
 
 def test_collect_episodes_reproduce_the_simulator(collected, tmp_path):
@@ -400,6 +405,7 @@ def test_collect_episodes_reproduce_the_simulator(collected, tmp_path):
             obs = sim.step(action)
             np.testing.assert_allclose(ep.joints[t + 1], obs.joint_pos, atol=1e-5)
             np.testing.assert_array_equal(ep.frames[t + 1], obs.image)
+            np.testing.assert_allclose(ep.objects[t + 1], sim.object_pos(), atol=1e-6)
     assert not np.allclose(eps[0].joints[0], eps[1].joints[0])
 
 

@@ -7,6 +7,7 @@ pytest.importorskip("rclpy", reason="rclpy (ros-rclpy wheels or a ROS 2 install)
 pytest.importorskip("mujoco", reason="the embedded simulator needs mujoco")
 pytest.importorskip("jepa_wm.sim.arm", reason="jepa_wm.sim.arm (the embedded simulator) is not in this checkout")
 
+from geometry_msgs.msg import PoseStamped  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image, JointState  # noqa: E402
 from std_msgs.msg import Float64MultiArray  # noqa: E402
 from std_srvs.srv import SetBool, Trigger  # noqa: E402
@@ -21,12 +22,16 @@ def _up(ros, start_node, **over):
     images = ros.collect(Image, "/camera/image_raw", SENSOR_QOS)
     infos = ros.collect(CameraInfo, "/camera/camera_info")
     states = ros.collect(JointState, "/joint_states")
-    assert ros.spin_until(lambda: len(images) >= 3 and len(states) >= 3 and infos, 15), sim.output
-    return sim, images, states
+    poses = ros.collect(PoseStamped, "/object_pose")
+    assert ros.spin_until(lambda: len(images) >= 3 and len(states) >= 3 and infos and poses, 15), sim.output
+    # The builtin camera's intrinsics (fovy 68 degrees at 64 px: f = 32 / tan(34 deg)), so a tool that projects
+    # with CameraInfo sees what the image shows.
+    np.testing.assert_allclose(infos[-1][1].k, [47.44, 0, 32, 0, 47.44, 32, 0, 0, 1], atol=0.01)
+    return sim, images, states, poses
 
 
 def test_publishes_camera_and_joint_states_and_follows_commands(ros, start_node):
-    sim, images, states = _up(ros, start_node)
+    sim, images, states, _ = _up(ros, start_node)
     img = images[-1][1]
     assert (img.height, img.width, img.encoding) == (64, 64, "rgb8")
     assert rgb_from_image(img).shape == (64, 64, 3)
@@ -56,14 +61,18 @@ def test_publishes_camera_and_joint_states_and_follows_commands(ros, start_node)
 
 
 def test_perturbation_services(ros, start_node):
-    sim, images, states = _up(ros, start_node)
+    sim, images, _, poses = _up(ros, start_node)
     before = rgb_from_image(images[-1][1]).astype(int)
+    p = poses[-1][1].pose.position
+    assert poses[-1][1].header.frame_id == "world"
     res = ros.call(Trigger, "/sim/teleport_object", Trigger.Request())
     assert res.success and "teleported" in res.message
     n = len(images)
     ros.spin_until(lambda: len(images) > n + 2, 3)
     after = rgb_from_image(images[-1][1]).astype(int)
     assert np.abs(after - before).sum() > 0, "the camera sees the object move"
+    q = poses[-1][1].pose.position
+    assert np.hypot(q.x - p.x, q.y - p.y) == pytest.approx(0.15, abs=0.02)  # teleport_distance, and so does its pose
     assert ros.call(SetBool, "/sim/occlude_camera", SetBool.Request(data=True)).success
     assert ros.call(SetBool, "/sim/block_joint", SetBool.Request(data=True)).success
     assert ros.call(Trigger, "/sim/reset", Trigger.Request()).success

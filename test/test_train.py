@@ -93,13 +93,60 @@ def test_auto_precision_fine_tunes_in_fp32():
 
 
 def test_training_names_the_joints_its_latent_barely_encodes():
-    from jepa_wm.train.pipeline import weak_joints
+    from jepa_wm.train.pipeline import weak_probes
 
     metrics = {"val_probe_r2": 0.7, "val_probe_r2_joint0": 0.98, "val_probe_r2_joint1": 0.32,
                "val_probe_r2_joint2": 0.89, "val_pred_error": 0.01}
-    assert weak_joints(metrics, ["base_yaw", "shoulder", "elbow"]) == ["shoulder (R^2 0.32)", "elbow (R^2 0.89)"]
-    assert weak_joints(metrics, []) == ["joint 1 (R^2 0.32)", "joint 2 (R^2 0.89)"]  # bags without joint names
-    assert weak_joints({"val_probe_r2_joint0": 0.95}, ["a"]) == []
+    assert weak_probes(metrics, ["base_yaw", "shoulder", "elbow"]) == ["shoulder (R^2 0.32)", "elbow (R^2 0.89)"]
+    assert weak_probes(metrics, []) == ["joint 1 (R^2 0.32)", "joint 2 (R^2 0.89)"]  # bags without joint names
+    assert weak_probes({"val_probe_r2_joint0": 0.95}, ["a"]) == []
+    # A latent that dropped the puck (joint probes of 0.99, puck -0.05), and the shipped one, which kept it: the arm
+    # hides the puck and pushes carry it out of view, so a kept object reads lower than a joint.
+    assert weak_probes({"val_probe_r2_joint0": 0.99, "val_probe_r2_object": -0.05}, ["a"]) == ["the object (R^2 -0.05)"]
+    assert weak_probes({"val_probe_r2_joint0": 0.99, "val_probe_r2_object": 0.67}, ["a"]) == []
+
+
+def test_validation_probes_an_object_where_the_clips_carry_its_position(trained):
+    # An "object" that slides with joint 0 on a table (constant height) reads exactly as well as joint 0 does.
+    # Clips without object positions report no object probe.
+    import dataclasses
+
+    from jepa_wm.data.dataset import ClipDataset, split_episodes
+    from jepa_wm.train.synthetic import synthetic_episodes
+    from jepa_wm.train.trainer import evaluate
+
+    out, _ = trained
+    model, _ = load_checkpoint(out / "model.safetensors")
+    eps = synthetic_episodes(12, size=32, seed=7)
+    sliding = [dataclasses.replace(e, objects=np.c_[e.joints[:, 0], np.full((len(e), 2), 0.02)]) for e in eps]
+
+    def metrics(episodes):
+        train, val = split_episodes(episodes, 0.25)
+        return evaluate(model, ClipDataset(train, model.cfg.clip_len), ClipDataset(val, model.cfg.clip_len))
+
+    m = metrics(sliding)
+    assert m["val_probe_r2_object"] == pytest.approx(m["val_probe_r2_joint0"], rel=1e-3)
+    assert "val_probe_r2_object" not in metrics(eps)
+
+
+def test_object_probe_reads_a_latent_that_holds_the_object_and_ignores_a_fall():
+    from jepa_wm.train.metrics import object_probe_r2
+
+    rng = np.random.default_rng(0)
+    pos = np.c_[rng.uniform(0.1, 0.6, (2000, 2)), np.full(2000, 0.025)]  # a puck sliding on a table
+    pos[:, 2] += rng.normal(0, 1e-4, 2000)  # settling
+    holds = np.c_[pos[:, :2] @ rng.normal(size=(2, 6)), rng.normal(size=(2000, 10))] + rng.normal(0, 0.01, (2000, 16))
+    dropped = rng.normal(size=(2000, 16))
+    assert object_probe_r2(holds[:1500], pos[:1500], holds[1500:], pos[1500:]) > 0.99
+    assert abs(object_probe_r2(dropped[:1500], pos[:1500], dropped[1500:], pos[1500:])) < 0.05
+    # Pushed off the table, the simulated puck falls for ever (no floor); those frames are left out.
+    fell = pos.copy()
+    fell[100:130, 2] = -np.geomspace(0.1, 200, 30)
+    fell[1600:1610, 2] = -50.0
+    assert object_probe_r2(holds[:1500], fell[:1500], holds[1500:], fell[1500:]) > 0.99
+    # An object that never moves cannot be probed.
+    still = np.tile([0.3, 0.0, 0.025], (2000, 1))
+    assert object_probe_r2(holds[:1500], still[:1500], holds[1500:], still[1500:]) is None
 
 
 def test_train_refuses_ambiguous_data_sources(tmp_path):

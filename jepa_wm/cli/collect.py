@@ -4,7 +4,8 @@ Episode i uses seed `seed + i` for both the start state and the policy, so a
 dataset is reproducible and can be extended with a later, disjoint seed range.
 The bags hold the same topics a real arm offers (camera, camera_info,
 joint_states, the commanded trajectory), so the training pipeline cannot tell
-simulated from recorded data.
+simulated from recorded data, and the object's pose (/object_pose), which
+training only uses to report whether the latent encodes the object.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ def _sim_config(args):
 
 
 _WORKER = {}
+OBJECT_POSE_TOPIC = "/object_pose"  # the simulator node's default too (config/sim.yaml)
 
 
 def record_episode(sim, policy, path: Path, steps: int, seed: int) -> int:
@@ -73,10 +75,11 @@ def record_episode(sim, policy, path: Path, steps: int, seed: int) -> int:
 
     obs = sim.reset(seed=seed)
     policy.reset(seed)
-    with EpisodeWriter(path, sim.joint_names, sim.cfg.control_dt) as writer:
+    with EpisodeWriter(path, sim.joint_names, sim.cfg.control_dt, camera_matrix=sim.camera_matrix(),
+                       object_pose_topic=OBJECT_POSE_TOPIC if sim.has_object else "") as writer:
         for t in range(steps):
             stamp = round(obs.time * 1e9)
-            writer.write_frame(stamp, obs.image, obs.joint_pos, obs.joint_vel)
+            writer.write_frame(stamp, obs.image, obs.joint_pos, obs.joint_vel, sim.object_pose())
             action = policy.act(obs)
             writer.write_command(stamp, action)  # issued right after frame t: it leads to frame t+1
             if t < steps - 1:

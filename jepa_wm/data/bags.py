@@ -8,6 +8,8 @@ Topics and types are the ones a ros2_control arm with a camera offers:
     /camera/camera_info                sensor_msgs/msg/CameraInfo
     /joint_states                      sensor_msgs/msg/JointState
     /arm_controller/joint_trajectory   trajectory_msgs/msg/JointTrajectory (the command)
+    /object_pose                       geometry_msgs/msg/PoseStamped (optional: a tracked object, as from
+                                       motion capture or a fiducial tracker; the simulator knows it)
 
 Reading goes through `rosbags.highlevel.AnyReader`, driven by topic names
 (`DataConfig`), so bags recorded on a real robot load as they are: any image
@@ -18,7 +20,6 @@ Input bags are only ever opened for reading.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +38,7 @@ CAMERA_INFO = "sensor_msgs/msg/CameraInfo"
 JOINT_STATE = "sensor_msgs/msg/JointState"
 TRAJECTORY = "trajectory_msgs/msg/JointTrajectory"
 FLOAT_ARRAY = "std_msgs/msg/Float64MultiArray"
+POSE = "geometry_msgs/msg/PoseStamped"
 
 
 class BagError(ValueError):
@@ -57,6 +59,9 @@ class DataConfig:
     max_gap_s: float = 1.0  # a longer gap between camera frames starts a new episode
     stamps: str = "header"  # "header": header.stamp where set (else bag time); "receive": bag time for all
     cache_dir: str = ""  # decoded-episode cache; "" = ~/.cache/jepa_wm/episodes, "off" = no cache
+    # PoseStamped of a tracked object; "" = none. Read where a bag has it, never required: training only reports
+    # how well a linear probe reads the object's position from the latent (a latent can drop the object).
+    object_pose_topic: str = "/object_pose"
 
     def __post_init__(self):
         if self.action_type not in ("command", "delta"):
@@ -84,24 +89,30 @@ def _header(ns: int, frame_id: str = ""):
 
 
 class EpisodeWriter:
-    """One rosbag2 (MCAP) directory per episode: camera, camera_info, joint_states and commands, stamped in sim time.
+    """One rosbag2 (MCAP) directory per episode: camera, camera_info, joint_states and commands, stamped in sim time,
+    and the object's pose where `object_pose_topic` is set.
 
-    Use as a context manager; `path` must not exist yet (rosbag2 never appends).
+    `camera_matrix` is the camera's K (3, 3); None records an uncalibrated camera (K all zeros, as CameraInfo
+    specifies). Use as a context manager; `path` must not exist yet (rosbag2 never appends).
     """
 
     def __init__(self, path, joint_names, control_dt: float = 0.1, frame_id: str = "camera",
                  image_topic: str = "/camera/image_raw", joint_state_topic: str = "/joint_states",
-                 action_topic: str = "/arm_controller/joint_trajectory"):
+                 action_topic: str = "/arm_controller/joint_trajectory", camera_matrix=None,
+                 object_pose_topic: str = "", world_frame_id: str = "world"):
         self.path = Path(path)
         self.joint_names = list(joint_names)
         self.control_dt = control_dt
-        self.frame_id = frame_id
+        self.frame_id, self.world_frame_id = frame_id, world_frame_id
+        self.k = np.zeros((3, 3)) if camera_matrix is None else np.asarray(camera_matrix, np.float64).reshape(3, 3)
         self._writer = Writer(self.path, version=9, storage_plugin=StoragePlugin.MCAP)
         self._writer.open()
         info_topic = image_topic.rsplit("/", 1)[0] + "/camera_info"
         add = lambda topic, t: self._writer.add_connection(topic, t, typestore=TYPESTORE)  # noqa: E731
         self._conn = {"image": add(image_topic, IMAGE), "info": add(info_topic, CAMERA_INFO),
                       "joints": add(joint_state_topic, JOINT_STATE), "action": add(action_topic, TRAJECTORY)}
+        if object_pose_topic:
+            self._conn["object"] = add(object_pose_topic, POSE)
         self.frames = 0
 
     def __enter__(self):
@@ -118,24 +129,29 @@ class EpisodeWriter:
     def _write(self, key, ns, msg):
         self._writer.write(self._conn[key], ns, TYPESTORE.serialize_cdr(msg, msg.__msgtype__))
 
-    def write_frame(self, stamp_ns: int, image, joint_pos, joint_vel):
-        """The camera frame (+ CameraInfo) and the joint state measured at `stamp_ns`."""
+    def write_frame(self, stamp_ns: int, image, joint_pos, joint_vel, object_pose=None):
+        """The camera frame (+ CameraInfo), the joint state measured at `stamp_ns` and, with an object pose topic,
+        `object_pose` ((x, y, z), quaternion (w, x, y, z)) in the world frame."""
         types = TYPESTORE.types
         fields = rgb_to_image_fields(image)
         header = _header(stamp_ns, self.frame_id)
         self._write("image", stamp_ns, types[IMAGE](header=header, is_bigendian=0, **fields))
-        h, w = fields["height"], fields["width"]
-        f = 0.5 * w / math.tan(math.radians(60) / 2)  # the builtin camera's fovy
         roi = types["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False)
         info = types[CAMERA_INFO](
-            header=header, height=h, width=w, distortion_model="plumb_bob", d=np.zeros(5),
-            k=np.array([f, 0, w / 2, 0, f, h / 2, 0, 0, 1.0]), r=np.eye(3).reshape(-1),
-            p=np.array([f, 0, w / 2, 0, 0, f, h / 2, 0, 0, 0, 1.0, 0]), binning_x=0, binning_y=0, roi=roi)
+            header=header, height=fields["height"], width=fields["width"], distortion_model="plumb_bob",
+            d=np.zeros(5), k=self.k.reshape(-1), r=np.eye(3).reshape(-1),
+            p=np.hstack([self.k, np.zeros((3, 1))]).reshape(-1), binning_x=0, binning_y=0, roi=roi)
         self._write("info", stamp_ns, info)
         js = types[JOINT_STATE](header=_header(stamp_ns), name=self.joint_names,
                                 position=np.asarray(joint_pos, np.float64), velocity=np.asarray(joint_vel, np.float64),
                                 effort=np.zeros(0))
         self._write("joints", stamp_ns, js)
+        if "object" in self._conn and object_pose is not None:
+            (x, y, z), (qw, qx, qy, qz) = object_pose
+            pose = types["geometry_msgs/msg/Pose"](
+                position=types["geometry_msgs/msg/Point"](x=float(x), y=float(y), z=float(z)),
+                orientation=types["geometry_msgs/msg/Quaternion"](x=float(qx), y=float(qy), z=float(qz), w=float(qw)))
+            self._write("object", stamp_ns, types[POSE](header=_header(stamp_ns, self.world_frame_id), pose=pose))
         self.frames += 1
 
     def write_command(self, stamp_ns: int, positions):
@@ -162,6 +178,8 @@ class BagStreams:
     joint_pos: np.ndarray  # (M, J) float64, in joint_names order
     command_stamps: np.ndarray  # (K,) int64 (empty for action_type "delta")
     commands: np.ndarray  # (K, J) float64
+    object_stamps: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (P,) empty: no object poses
+    object_pos: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))  # (P, 3) position, the pose's frame
 
 
 def _stamp(msg, bag_ns: int, cfg: DataConfig) -> int:
@@ -234,7 +252,11 @@ def read_bag(path, cfg: DataConfig) -> BagStreams:
         if cfg.action_type == "command":
             _require(path, topics, cfg.action_topic, (TRAJECTORY, FLOAT_ARRAY), "action")
             wanted.append(cfg.action_topic)
+        if cfg.object_pose_topic in topics:  # optional: a bag without it loads without object poses
+            _require(path, topics, cfg.object_pose_topic, (POSE,), "object pose")
+            wanted.append(cfg.object_pose_topic)
         images, image_stamps, joints, joint_stamps, commands, command_stamps = [], [], [], [], [], []
+        objects, object_stamps = [], []
         names = list(cfg.joint_names)
         current = image_topic
         try:
@@ -251,6 +273,9 @@ def read_bag(path, cfg: DataConfig) -> BagStreams:
                     q = _ordered(msg.name, msg.position, names, path, conn.topic)
                     if q is not None:
                         joints.append(q), joint_stamps.append(ns)
+                elif conn.topic == cfg.object_pose_topic:
+                    p = msg.pose.position
+                    objects.append([p.x, p.y, p.z]), object_stamps.append(ns)
                 elif conn.msgtype == TRAJECTORY:
                     if msg.points:
                         names = names or list(msg.joint_names)
@@ -275,7 +300,8 @@ def read_bag(path, cfg: DataConfig) -> BagStreams:
     if cfg.action_type == "command" and commands and len({len(c) for c in commands} | {len(names)}) != 1:
         raise BagError(f"bag {path}: commands on topic {cfg.action_topic} do not have one value per joint {names}")
     return BagStreams(*_sorted(image_stamps, np.stack(images)), names, *_sorted(joint_stamps, np.array(joints, float)),
-                      *_sorted(command_stamps, np.array(commands, float).reshape(len(commands), len(names))))
+                      *_sorted(command_stamps, np.array(commands, float).reshape(len(commands), len(names))),
+                      *_sorted(object_stamps, np.array(objects, float).reshape(len(objects), 3)))
 
 
 def _sorted(stamps, values):

@@ -24,7 +24,7 @@ __all__ = ["DataConfig", "Episode", "BagError", "load_episodes", "split_episodes
            "find_bags", "episodes_from_streams"]
 
 # Part of every cache key: bump it when decoding or the cache layout changes, so old caches are not read.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 
 
 @dataclass
@@ -34,6 +34,7 @@ class Episode:
     joints: np.ndarray  # (T, J) float32: joint positions at frame t
     stamps: np.ndarray  # (T,) int64 ns
     source: str  # the bag it came from
+    objects: np.ndarray | None = None  # (T, 3) float32: the tracked object's position at frame t; None: not tracked
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -42,9 +43,10 @@ class Episode:
 # ---------------------------------------------------------------------- synchronisation
 
 
-def _joints_at(stamps, joint_stamps, joint_pos) -> np.ndarray:
-    """Joint positions at each frame stamp, linearly interpolated (held beyond the ends)."""
-    return np.stack([np.interp(stamps, joint_stamps, joint_pos[:, j]) for j in range(joint_pos.shape[1])], axis=1)
+def _interpolate(stamps, value_stamps, values) -> np.ndarray:
+    """Values (joint positions, an object's position) at each frame stamp, linearly interpolated (held beyond the
+    ends)."""
+    return np.stack([np.interp(stamps, value_stamps, values[:, j]) for j in range(values.shape[1])], axis=1)
 
 
 def _commands_for(stamps, command_stamps, commands, joints) -> np.ndarray:
@@ -82,13 +84,16 @@ def episodes_from_streams(streams: BagStreams, cfg: DataConfig, source: str) -> 
         if len(idx) < 2:
             continue
         st = stamps[idx]
-        joints = _joints_at(st, streams.joint_stamps, streams.joint_pos)
+        joints = _interpolate(st, streams.joint_stamps, streams.joint_pos)
         if cfg.action_type == "delta":
             actions = np.diff(joints, axis=0, append=joints[-1:])  # the last frame holds
         else:
             actions = _commands_for(st, streams.command_stamps, streams.commands, joints)
+        objects = None
+        if len(streams.object_stamps):
+            objects = _interpolate(st, streams.object_stamps, streams.object_pos).astype(np.float32)
         episodes.append(Episode(streams.images[idx], actions.astype(np.float32), joints.astype(np.float32), st,
-                                source))
+                                source, objects))
     return episodes
 
 
@@ -134,19 +139,23 @@ def cache_key(bag: Path, cfg: DataConfig) -> str:
 def _save(path: Path, episodes: list[Episode]):
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
+    # One bag's episodes share its object pose topic: all have object positions or none does.
+    objects = {"objects": np.concatenate([e.objects for e in episodes])} if episodes[0].objects is not None else {}
     np.savez(tmp, lengths=np.array([len(e) for e in episodes], np.int64),
              frames=np.concatenate([e.frames for e in episodes]), actions=np.concatenate([e.actions for e in episodes]),
-             joints=np.concatenate([e.joints for e in episodes]), stamps=np.concatenate([e.stamps for e in episodes]))
+             joints=np.concatenate([e.joints for e in episodes]), stamps=np.concatenate([e.stamps for e in episodes]),
+             **objects)
     os.replace(tmp, path)  # atomic: concurrent readers (other ranks) never see half a file
 
 
 def _load(path: Path, source: str) -> list[Episode]:
     with np.load(path) as z:
-        arrays = {k: z[k] for k in ("frames", "actions", "joints", "stamps")}
+        arrays = {k: z[k] for k in ("frames", "actions", "joints", "stamps", "objects") if k in z}
         cuts = np.cumsum(z["lengths"])[:-1]
     parts = {k: np.split(v, cuts) for k, v in arrays.items()}
-    return [Episode(f, a, j, s, source) for f, a, j, s in
-            zip(parts["frames"], parts["actions"], parts["joints"], parts["stamps"])]
+    objects = parts.get("objects", [None] * len(parts["frames"]))
+    return [Episode(f, a, j, s, source, o) for f, a, j, s, o in
+            zip(parts["frames"], parts["actions"], parts["joints"], parts["stamps"], objects)]
 
 
 def load_bag(bag: Path, cfg: DataConfig) -> list[Episode]:
@@ -192,10 +201,12 @@ def split_episodes(episodes, val_fraction: float, seed: int = 0):
 
 class ClipDataset(torch.utils.data.Dataset):
     """Clips of `clip_len` frames, `frameskip` env steps apart; each step's action is the frameskip env actions
-    that lead to the next clip frame, concatenated (as LeWorldModel does)."""
+    that lead to the next clip frame, concatenated (as LeWorldModel does). Clips carry the object's positions
+    ("objects") when every episode has them."""
 
     def __init__(self, episodes, clip_len: int, frameskip: int = 1):
         self.episodes, self.clip_len, self.frameskip = list(episodes), clip_len, frameskip
+        self.has_objects = bool(self.episodes) and all(e.objects is not None for e in self.episodes)
         span = clip_len * frameskip  # env steps a clip covers, its last action block included
         counts = [max(0, len(e) - span + 1) for e in self.episodes]
         if sum(counts) == 0 and self.episodes:
@@ -213,9 +224,12 @@ class ClipDataset(torch.utils.data.Dataset):
         ep, t0, k = self.episodes[e], i - int(self.offsets[e]), self.frameskip
         steps = slice(t0, t0 + self.clip_len * k, k)
         actions = ep.actions[t0:t0 + self.clip_len * k].reshape(self.clip_len, k * ep.actions.shape[1])
-        return {"frames": torch.from_numpy(np.ascontiguousarray(ep.frames[steps])),
+        clip = {"frames": torch.from_numpy(np.ascontiguousarray(ep.frames[steps])),
                 "actions": torch.from_numpy(np.ascontiguousarray(actions, dtype=np.float32)),
                 "joints": torch.from_numpy(np.ascontiguousarray(ep.joints[steps], dtype=np.float32))}
+        if self.has_objects:
+            clip["objects"] = torch.from_numpy(np.ascontiguousarray(ep.objects[steps], dtype=np.float32))
+        return clip
 
 
 def action_stats(episodes, floor: float = 1e-3):

@@ -1,8 +1,10 @@
 """Simulator node: the embedded MuJoCo arm behind the topics a real arm offers.
 
 Every `control_dt` (a timer) it steps the simulator towards the current
-command and publishes the camera Image + CameraInfo and /joint_states; with
-`publish_clock` it also drives /clock (nodes then run with use_sim_time).
+command and publishes the camera Image + CameraInfo (the scene camera's
+intrinsics), /joint_states and the object's pose (PoseStamped in the world
+frame, the ground truth a motion-capture system would give on a real arm);
+with `publish_clock` it also drives /clock (nodes then run with use_sim_time).
 
 Commands, like ros2_control's controllers:
 * `<controller_name>/joint_trajectory` (JointTrajectory): waypoint i is the
@@ -25,6 +27,7 @@ import math
 
 import numpy as np
 from rclpy.node import Node
+from geometry_msgs.msg import PoseStamped
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_msgs.msg import Float64MultiArray
@@ -49,7 +52,7 @@ class SimNode(Node):
         super().__init__("sim", **kwargs)
         p = self._params()
         self._build(p)
-        self.target = self.sim.joint_state()[0].copy() if hasattr(self.sim, "joint_state") else self.obs.joint_pos.copy()
+        self.target = self.sim.joint_state()[0].copy()
         self.trajectory = None  # (positions (N, J), times (N,) seconds, ticks since receipt)
         self.steps = 0
         self.rng = np.random.default_rng(p["seed"] + 1)
@@ -58,6 +61,9 @@ class SimNode(Node):
         self.info_pub = self.create_publisher(CameraInfo, cam.rsplit("/", 1)[0] + "/camera_info"
                                               if "/" in cam.strip("/") else "camera_info", RELIABLE_QOS)
         self.js_pub = self.create_publisher(JointState, p["joint_states_topic"], RELIABLE_QOS)
+        self.object_pub = None
+        if p["object_pose_topic"] and self.sim.has_object:
+            self.object_pub = self.create_publisher(PoseStamped, p["object_pose_topic"], RELIABLE_QOS)
         self.clock_pub = self.create_publisher(Clock, "/clock", 10) if p["publish_clock"] else None
         ctrl = p["controller_name"]
         self.create_subscription(JointTrajectory, f"{ctrl}/joint_trajectory", self._on_trajectory, RELIABLE_QOS)
@@ -92,6 +98,7 @@ class SimNode(Node):
             "camera_best_effort": d("camera_best_effort", True, "publish the camera best effort (like most camera drivers)"),
             "image_encoding": d("image_encoding", "rgb8", "'rgb8' or 'bgr8'"),
             "joint_states_topic": d("joint_states_topic", "/joint_states", "JointState output"),
+            "object_pose_topic": d("object_pose_topic", "/object_pose", "PoseStamped of the object, world frame ('' = off)"),
             "controller_name": d("controller_name", "/arm_controller", "controller namespace for command inputs"),
             "publish_clock": d("publish_clock", False, "publish /clock with the simulated time"),
             "teleport_xy": d("teleport_xy", [], "where ~/teleport_object puts the object ([] = random jump)", kind="float[]", read_only=False),
@@ -135,7 +142,7 @@ class SimNode(Node):
     def _on_trajectory(self, msg: JointTrajectory):
         if not msg.points:
             self.trajectory = None
-            self.target = np.asarray(self.sim.joint_state()[0] if hasattr(self.sim, "joint_state") else self.obs.joint_pos, dtype=float)
+            self.target = self.sim.joint_state()[0].copy()
             return
         try:
             pos = np.stack([self._reorder(msg.joint_names, pt.positions) for pt in msg.points])
@@ -188,16 +195,24 @@ class SimNode(Node):
         self.image_pub.publish(img)
         info = CameraInfo(height=img.height, width=img.width, distortion_model="plumb_bob")
         info.header = img.header
-        f = 0.5 * img.width / math.tan(math.radians(45) / 2)
-        info.k = [f, 0.0, img.width / 2, 0.0, f, img.height / 2, 0.0, 0.0, 1.0]
-        info.p = [f, 0.0, img.width / 2, 0.0, 0.0, f, img.height / 2, 0.0, 0.0, 0.0, 1.0, 0.0]
-        info.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+        k = self.sim.camera_matrix()
+        info.k = k.reshape(-1).tolist()
+        info.p = np.hstack([k, np.zeros((3, 1))]).reshape(-1).tolist()
+        info.r = np.eye(3).reshape(-1).tolist()
         info.d = [0.0] * 5
         self.info_pub.publish(info)
         js = JointState(name=self.joint_names, position=np.asarray(obs.joint_pos, dtype=float).tolist(),
                         velocity=np.asarray(obs.joint_vel, dtype=float).tolist())
         js.header.stamp = stamp
         self.js_pub.publish(js)
+        if self.object_pub is not None:
+            (x, y, z), (qw, qx, qy, qz) = self.sim.object_pose()
+            pose = PoseStamped()
+            pose.header.stamp, pose.header.frame_id = stamp, "world"
+            pose.pose.position.x, pose.pose.position.y, pose.pose.position.z = float(x), float(y), float(z)
+            o = pose.pose.orientation
+            o.w, o.x, o.y, o.z = float(qw), float(qx), float(qy), float(qz)
+            self.object_pub.publish(pose)
 
     # ------------------------------------------------------------------ perturbations
 

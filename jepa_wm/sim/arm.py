@@ -303,9 +303,15 @@ class ArmSim:
 
     def object_pos(self) -> np.ndarray:
         """The object's position (world frame, x y z); zeros when the scene has no object."""
+        return self.object_pose()[0]
+
+    def object_pose(self) -> tuple[np.ndarray, np.ndarray]:
+        """The object's position (x y z) and orientation (quaternion w x y z), world frame; zeros and the identity
+        when the scene has no object."""
         if not self.has_object:
-            return np.zeros(3)
-        return self.data.qpos[self._obj_qpos:self._obj_qpos + 3].copy()
+            return np.zeros(3), np.array([1.0, 0.0, 0.0, 0.0])
+        q = self.data.qpos[self._obj_qpos:self._obj_qpos + 7]
+        return q[:3].copy(), q[3:].copy()
 
     def ee_pos(self) -> np.ndarray:
         """End-effector position (world frame) now."""
@@ -335,6 +341,13 @@ class ArmSim:
         return p, jacp[:, self._dof]
 
     # ------------------------------------------------------------------ camera
+
+    def camera_matrix(self) -> np.ndarray:
+        """The pinhole intrinsics K (3, 3) of the camera at the rendered size, for CameraInfo: MuJoCo's fovy is the
+        vertical field of view, and its pixels are square."""
+        fovy = float(self.model.cam_fovy[mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_CAMERA, self._camera)])
+        f = 0.5 * self.cfg.height / np.tan(np.radians(fovy) / 2)
+        return np.array([[f, 0.0, self.cfg.width / 2], [0.0, f, self.cfg.height / 2], [0.0, 0.0, 1.0]])
 
     def render(self) -> np.ndarray:
         """The camera image, uint8 (H, W, 3) RGB, with the camera perturbations applied."""

@@ -27,7 +27,7 @@ from jepa_wm.core.checkpoint import load_checkpoint, save_checkpoint
 from jepa_wm.core.config import ConfigError, dataclass_from_dict
 from jepa_wm.core.model import WorldModel, preprocess
 from jepa_wm.core.sigreg import jepa_loss, sigreg
-from jepa_wm.train.metrics import effective_rank, linear_probe_r2
+from jepa_wm.train.metrics import effective_rank, linear_probe_r2, object_probe_r2
 
 
 @dataclass
@@ -123,25 +123,30 @@ def trainable_parameters(model: WorldModel, freeze_encoder: bool):
 
 @torch.no_grad()
 def evaluate(model: WorldModel, train_set, val_set, batch_size: int = 64, max_clips: int = 512) -> dict:
-    """Prediction error, SIGReg, effective rank and joint-angle probe R^2 on held-out clips."""
+    """Prediction error, SIGReg, effective rank, joint-angle probe R^2 and, where the clips carry an object's
+    position, the object probe R^2, on held-out clips."""
     model.eval()
     device = next(model.parameters()).device
+    objects = train_set.has_objects and val_set.has_objects
 
     def latents(dataset):
         idx = np.linspace(0, len(dataset) - 1, min(len(dataset), max_clips)).astype(int)
-        zs, preds, joints = [], [], []
+        zs, preds, joints, objs = [], [], [], []
         for i in range(0, len(idx), batch_size):
             batch = torch.utils.data.default_collate([dataset[j] for j in idx[i:i + batch_size]])
             pixels, actions = to_model_inputs(model, batch, device)
             z, pred = model(pixels, actions)
             zs.append(z.float().cpu()), preds.append(pred.float().cpu()), joints.append(batch["joints"])
-        return torch.cat(zs), torch.cat(preds), torch.cat(joints)
+            if objects:
+                objs.append(batch["objects"])
+        flat = lambda xs: torch.cat(xs).flatten(0, 1) if xs else None  # noqa: E731
+        return torch.cat(zs), torch.cat(preds), flat(joints), flat(objs)
 
-    tz, _, tj = latents(train_set)
-    vz, vp, vj = latents(val_set)
+    tz, _, tj, to = latents(train_set)
+    vz, vp, vj, vo = latents(val_set)
     frames_t, frames_v = tz.flatten(0, 1), vz.flatten(0, 1)
-    probe = linear_probe_r2(frames_t, tj.flatten(0, 1), frames_v, vj.flatten(0, 1), per_target=True)
-    return {
+    probe = linear_probe_r2(frames_t, tj, frames_v, vj, per_target=True)
+    metrics = {
         "val_pred_error": float((vp - vz[:, 1:]).pow(2).mean()),
         # Rank 0 alone evaluates: a collective here would wait forever for the other ranks.
         "val_sigreg": float(sigreg(vz.transpose(0, 1), step=0, num_directions=512, global_batch=False)),
@@ -150,6 +155,10 @@ def evaluate(model: WorldModel, train_set, val_set, batch_size: int = 64, max_cl
         # Per joint, because one well-seen joint can hide two that the latent ignores.
         **{f"val_probe_r2_joint{j}": r for j, r in enumerate(probe)},
     }
+    object_r2 = object_probe_r2(frames_t, to, frames_v, vo) if objects else None
+    if object_r2 is not None:
+        metrics["val_probe_r2_object"] = object_r2
+    return metrics
 
 
 def train(model: WorldModel, train_set, val_set, cfg: TrainConfig, out_dir, meta: dict | None = None) -> dict:
@@ -258,6 +267,9 @@ def plot_losses(metrics_file, png):
     axes[1].plot([r["step"] for r in val_rows], [r["val_sigreg"] for r in val_rows], "o-", label="val sigreg")
     axes[0].set_yscale("log"), axes[1].set_yscale("log")
     axes[2].plot([r["step"] for r in val_rows], [r["val_probe_r2"] for r in val_rows], "o-", label="joint probe R^2")
+    if any("val_probe_r2_object" in r for r in val_rows):
+        axes[2].plot([r["step"] for r in val_rows], [r.get("val_probe_r2_object", np.nan) for r in val_rows], "s-",
+                     label="object probe R^2")
     axes[2].set_ylim(-0.1, 1.05)
     for ax, title in zip(axes, ["prediction error", "SIGReg statistic", "validation probe"]):
         ax.set_title(title), ax.set_xlabel("step"), ax.legend(), ax.grid(alpha=0.3)
