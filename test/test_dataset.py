@@ -10,7 +10,8 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
 from jepa_wm.data.bags import BagError, DataConfig
-from jepa_wm.data.dataset import (ClipDataset, Episode, action_stats, find_bags, load_episodes, split_episodes)
+from jepa_wm.data.dataset import (ClipDataset, Episode, action_stats, checkpoint_data_config, find_bags,
+                                  load_episodes, split_episodes)
 
 TS = get_typestore(Stores.ROS2_HUMBLE)
 T = TS.types
@@ -70,6 +71,43 @@ def cfg(tmp_path):
 
 def _ms(stamps):
     return ((np.asarray(stamps) - BASE) // MS).tolist()
+
+
+def _named_bag(path, names, shoulder=0.5, elbow=-0.25, n=3):
+    """A bag whose joint states and commands list `names` in that order; the shoulder and elbow hold their values."""
+    from jepa_wm.data.bags import EpisodeWriter
+
+    q = [{"shoulder": shoulder, "elbow": elbow}.get(j, 0.0) for j in names]
+    with EpisodeWriter(path, names) as w:
+        for i in range(n):
+            w.write_frame(i * 100 * MS, np.full((16, 16, 3), i, np.uint8), q, [0.0, 0.0])
+            w.write_command(i * 100 * MS, q)
+    return path
+
+
+def test_bags_that_order_the_joints_differently_are_not_mixed_up(tmp_path, cfg):
+    a = _named_bag(tmp_path / "a", ["shoulder", "elbow"])
+    b = _named_bag(tmp_path / "b", ["elbow", "shoulder"])
+    with pytest.raises(BagError, match=r"bags .*a and .*b order their joints differently \(\['shoulder', 'elbow'\] "
+                                       r"and \['elbow', 'shoulder'\]\); set data.joint_names"):
+        load_episodes([a, b], cfg(), progress=False)
+    eps = load_episodes([a, b], cfg(joint_names=["shoulder", "elbow"]), progress=False)
+    for e in eps:
+        assert e.joint_names == ("shoulder", "elbow")
+        np.testing.assert_allclose(e.joints, [[0.5, -0.25]] * 3)
+        np.testing.assert_allclose(e.actions, [[0.5, -0.25]] * 3)
+
+
+def test_new_bags_are_read_in_the_checkpoint_joint_order(tmp_path):
+    # Fine-tuning and calibration read a robot's new bags for a trained model: its joints, in its action order,
+    # whatever order the new recorder used.
+    meta = {"data": {"image_size": 16, "joint_names": [], "cache_dir": "off"}, "joint_names": ["shoulder", "elbow"]}
+    data = checkpoint_data_config(meta)
+    assert data.joint_names == ["shoulder", "elbow"] and data.image_size == 16
+    [e] = load_episodes(_named_bag(tmp_path / "b", ["elbow", "shoulder"]), data, progress=False)
+    np.testing.assert_allclose(e.actions, [[0.5, -0.25]] * 3)
+    with pytest.raises(BagError, match=r"no joint states for joints \['shoulder', 'elbow'\]"):
+        load_episodes(_named_bag(tmp_path / "c", ["elbow", "wrist"]), data, progress=False)
 
 
 # ---------------------------------------------------------------------- synchronisation

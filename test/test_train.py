@@ -81,6 +81,22 @@ def test_a_finetune_that_learns_nothing_leaves_the_deployed_model_as_it_was(trai
     assert [n for n in before if not torch.equal(before[n], after[n])] == []
 
 
+def test_the_checkpoint_records_the_joint_order_of_its_bags(tmp_path):
+    # The planner node refuses a joint_names parameter that differs from the checkpoint's: that check needs the
+    # order the bags were read in, also when the training config leaves data.joint_names empty (the default).
+    import dataclasses
+
+    from jepa_wm.train.pipeline import fit
+    from jepa_wm.train.synthetic import synthetic_episodes
+
+    names = ("base_yaw", "shoulder", "elbow")
+    eps = [dataclasses.replace(e, joint_names=names) for e in synthetic_episodes(8, size=32, seed=2)]
+    config = {"model": {"preset": "tiny"}, "data": {"joint_names": []},
+              "train": {"steps": 2, "batch_size": 8, "val_every": 2, "warmup": 1, "precision": "fp32"}}
+    _, meta = load_checkpoint(fit(eps, config, tmp_path / "run", sources=["synthetic"]))
+    assert meta["joint_names"] == list(names)
+
+
 def test_auto_precision_fine_tunes_in_fp32():
     # bf16 caps the predictor's precision (0.016 against 0.0055 after 600 steps on the shipped model's data), so a
     # user's YAML that says "auto", or nothing, fine-tunes in fp32 even on bf16 hardware; main training keeps bf16.

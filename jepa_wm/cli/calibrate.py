@@ -71,9 +71,8 @@ def run(args) -> int:
     from tqdm import tqdm
 
     from jepa_wm.core.checkpoint import load_checkpoint, save_checkpoint
-    from jepa_wm.core.config import dataclass_from_dict
     from jepa_wm.core.surprise import residual_error
-    from jepa_wm.data.dataset import DataConfig, load_episodes
+    from jepa_wm.data.dataset import checkpoint_data_config, load_episodes
     from jepa_wm.eval import plots
     from jepa_wm.eval.common import default_model_path
     from jepa_wm.train.calibration import calibrate_residuals, episode_residuals
@@ -86,7 +85,7 @@ def run(args) -> int:
                 for k, d in (("quantile", 0.999), ("margin", 1.5), ("consecutive", 2))}
     sources, residuals = [], []  # per episode
     if args.bags:
-        for e in load_episodes(args.bags, dataclass_from_dict(DataConfig, meta.get("data") or {}, "data config")):
+        for e in load_episodes(args.bags, checkpoint_data_config(meta)):
             sources.append("bags")
             residuals.append(episode_residuals(model, e.frames, e.actions))
     jobs = [(model_path, "sim/planner", args.seed + i, args.steps) for i in range(args.sim_goals)]

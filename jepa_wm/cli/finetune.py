@@ -19,9 +19,10 @@ def add_arguments(p):
 
 
 def run(args) -> int:
+    import dataclasses
+
     from jepa_wm.core.checkpoint import read_header
-    from jepa_wm.core.config import dataclass_from_dict
-    from jepa_wm.data.dataset import DataConfig, load_episodes
+    from jepa_wm.data.dataset import checkpoint_data_config, load_episodes
     from jepa_wm.train.pipeline import fit, load_config
 
     config = load_config(args.config)
@@ -30,8 +31,9 @@ def run(args) -> int:
     for key in ("steps", "seed"):
         if getattr(args, key) is not None:
             config["train"][key] = getattr(args, key)
-    # Read the new bags the way the parent's bags were read (topics, image size, action definition).
-    data = config["data"] = read_header(args.model)["meta"].get("data") or config.get("data", {})
-    episodes = load_episodes(args.bags, dataclass_from_dict(DataConfig, data, "data config"))
+    # Read the new bags the way the parent's bags were read (topics, image size, action definition, joint order).
+    data = checkpoint_data_config(read_header(args.model)["meta"])
+    config["data"] = dataclasses.asdict(data)
+    episodes = load_episodes(args.bags, data)
     fit(episodes, config, args.out, parent=args.model, sources=args.bags)
     return 0

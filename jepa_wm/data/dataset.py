@@ -18,13 +18,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from jepa_wm.core.config import dataclass_from_dict
 from jepa_wm.data.bags import BagError, BagStreams, DataConfig, read_bag
 
 __all__ = ["DataConfig", "Episode", "BagError", "load_episodes", "split_episodes", "ClipDataset", "action_stats",
-           "find_bags", "episodes_from_streams"]
+           "find_bags", "episodes_from_streams", "checkpoint_data_config"]
 
 # Part of every cache key: bump it when decoding or the cache layout changes, so old caches are not read.
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3
 
 
 @dataclass
@@ -35,6 +36,7 @@ class Episode:
     stamps: np.ndarray  # (T,) int64 ns
     source: str  # the bag it came from
     objects: np.ndarray | None = None  # (T, 3) float32: the tracked object's position at frame t; None: not tracked
+    joint_names: tuple[str, ...] = ()  # the order of `joints` and `actions`; () = unnamed
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -93,7 +95,7 @@ def episodes_from_streams(streams: BagStreams, cfg: DataConfig, source: str) -> 
         if len(streams.object_stamps):
             objects = _interpolate(st, streams.object_stamps, streams.object_pos).astype(np.float32)
         episodes.append(Episode(streams.images[idx], actions.astype(np.float32), joints.astype(np.float32), st,
-                                source, objects))
+                                source, objects, tuple(streams.joint_names)))
     return episodes
 
 
@@ -144,7 +146,7 @@ def _save(path: Path, episodes: list[Episode]):
     np.savez(tmp, lengths=np.array([len(e) for e in episodes], np.int64),
              frames=np.concatenate([e.frames for e in episodes]), actions=np.concatenate([e.actions for e in episodes]),
              joints=np.concatenate([e.joints for e in episodes]), stamps=np.concatenate([e.stamps for e in episodes]),
-             **objects)
+             joint_names=np.array(episodes[0].joint_names, dtype=str), **objects)
     os.replace(tmp, path)  # atomic: concurrent readers (other ranks) never see half a file
 
 
@@ -152,9 +154,10 @@ def _load(path: Path, source: str) -> list[Episode]:
     with np.load(path) as z:
         arrays = {k: z[k] for k in ("frames", "actions", "joints", "stamps", "objects") if k in z}
         cuts = np.cumsum(z["lengths"])[:-1]
+        names = tuple(str(n) for n in z["joint_names"])
     parts = {k: np.split(v, cuts) for k, v in arrays.items()}
     objects = parts.get("objects", [None] * len(parts["frames"]))
-    return [Episode(f, a, j, s, source, o) for f, a, j, s, o in
+    return [Episode(f, a, j, s, source, o, names) for f, a, j, s, o in
             zip(parts["frames"], parts["actions"], parts["joints"], parts["stamps"], objects)]
 
 
@@ -181,7 +184,22 @@ def load_episodes(bag_paths_or_dirs, cfg: DataConfig | None = None, progress: bo
     episodes = []
     for bag in tqdm(bags, desc="loading bags", unit="bag", disable=not progress):
         episodes.extend(load_bag(bag, cfg))
+    # Without data.joint_names every bag is read in its own joint order: two orders would mix up the joints.
+    orders = {e.joint_names: e.source for e in episodes}
+    if len(orders) > 1:
+        (a, bag_a), (b, bag_b) = list(orders.items())[:2]
+        raise BagError(f"bags {bag_a} and {bag_b} order their joints differently ({list(a)} and {list(b)}); "
+                       "set data.joint_names to read them in one order")
     return episodes
+
+
+def checkpoint_data_config(meta: dict) -> DataConfig:
+    """How to read new bags for a trained model: its data settings, with the joints in its action order (bags
+    that name them in another order are reordered by name; bags that lack one are refused)."""
+    data = dict(meta.get("data") or {})
+    if not data.get("joint_names") and meta.get("joint_names"):
+        data["joint_names"] = list(meta["joint_names"])
+    return dataclass_from_dict(DataConfig, data, "the checkpoint's data config")
 
 
 # ---------------------------------------------------------------------- training views

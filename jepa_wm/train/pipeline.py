@@ -96,7 +96,9 @@ def fit(episodes, config: dict, out_dir, parent: str | None = None, sources=None
     all_actions = np.concatenate([ep.actions for ep in train_eps])
     max_step = np.max([np.abs(np.diff(ep.actions, axis=0)).max(0) for ep in train_eps if len(ep) > 1], axis=0)
     meta = {
-        "joint_names": parent_meta.get("joint_names") or config.get("data", {}).get("joint_names", []),
+        # The action order: the planner node refuses a joint_names parameter that differs from it.
+        "joint_names": list(parent_meta.get("joint_names") or config.get("data", {}).get("joint_names")
+                            or episodes[0].joint_names),
         # The planner never commands outside what the model has seen.
         "action_low": all_actions.min(0).tolist(),
         "action_high": all_actions.max(0).tolist(),
