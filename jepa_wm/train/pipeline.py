@@ -132,8 +132,11 @@ def fit(episodes, config: dict, out_dir, parent: str | None = None, sources=None
               + f"; surprise threshold {calibration.threshold:.2f} (nominal false-trip rate {calibration.false_trip_rate:.4f})")
         weak = weak_probes(metrics, meta["joint_names"])
         if weak and not tcfg.freeze_encoder:
-            print(f"warning: the latent barely encodes {', '.join(weak)}. The planner misses goals that need a joint "
-                  "the latent does not encode, and the surprise monitor does not see such an object move. Train "
-                  "longer, or, since what the latent keeps depends on the seed, again with another --seed "
-                  "(models/README.md)")
+            costs = []
+            if any(not w.startswith("the object") for w in weak):
+                costs.append("the planner misses goals that need a joint the latent does not encode")
+            if weak[-1].startswith("the object"):
+                costs.append("the surprise monitor does not see an object the latent does not encode move")
+            print(f"warning: the latent barely encodes {', '.join(weak)}: {'; '.join(costs)}. Train longer, or, since "
+                  "what the latent keeps depends on the seed, again with another --seed (models/README.md)")
     return path
