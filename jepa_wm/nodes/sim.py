@@ -26,8 +26,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from rclpy.node import Node
 from geometry_msgs.msg import PoseStamped
+from rclpy.node import Node
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_msgs.msg import Float64MultiArray
