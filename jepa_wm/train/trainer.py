@@ -80,6 +80,9 @@ class Distributed:
 
     def close(self):
         if self.world > 1 and dist.is_initialized():
+            # Rank 0 writes the plot while the others would already tear gloo down; a rank that exits under a
+            # peer still at work can abort ("terminate called without an active exception") and fail the run.
+            dist.barrier()
             dist.destroy_process_group()
 
 

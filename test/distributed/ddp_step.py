@@ -27,4 +27,5 @@ dist.all_reduce(values)
 if rank == 0:
     grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
     torch.save({"values": values / world, "grads": grads, "running_mean": model.projector.net[1].running_mean}, out)
+dist.barrier()  # no rank tears gloo down while rank 0 still writes (a CI run once aborted there)
 dist.destroy_process_group()
