@@ -130,6 +130,9 @@ class SimNode(Node):
         self.obs = self.sim.reset(seed=p["seed"], joint_pos=np.asarray(init) if init else None,
                                   object_xy=np.asarray(p["object_xy"]) if p["object_xy"] else None)
         self.initial = (np.asarray(self.obs.joint_pos).copy(), np.asarray(self.obs.object_xy).copy())
+        k = self.sim.camera_matrix()  # fixed by the scene: CameraInfo's K, P and R, once
+        self.intrinsics = (k.reshape(-1).tolist(), np.hstack([k, np.zeros((3, 1))]).reshape(-1).tolist(),
+                           np.eye(3).reshape(-1).tolist())
         limits = np.asarray(self.sim.joint_limits, dtype=float)
         self.lo, self.hi = limits[:, 0], limits[:, 1]
 
@@ -195,10 +198,7 @@ class SimNode(Node):
         self.image_pub.publish(img)
         info = CameraInfo(height=img.height, width=img.width, distortion_model="plumb_bob")
         info.header = img.header
-        k = self.sim.camera_matrix()
-        info.k = k.reshape(-1).tolist()
-        info.p = np.hstack([k, np.zeros((3, 1))]).reshape(-1).tolist()
-        info.r = np.eye(3).reshape(-1).tolist()
+        info.k, info.p, info.r = self.intrinsics
         info.d = [0.0] * 5
         self.info_pub.publish(info)
         js = JointState(name=self.joint_names, position=np.asarray(obs.joint_pos, dtype=float).tolist(),
