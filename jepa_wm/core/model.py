@@ -55,11 +55,12 @@ class GlobalBatchNorm1d(nn.BatchNorm1d):
     def forward(self, x):
         if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
+        from torch.distributed._functional_collectives import all_reduce  # differentiable: backward sums too
 
         C = x.shape[1]
         xf = x.float()
-        stats = all_reduce(torch.cat([xf.sum(0), (xf * xf).sum(0), xf.new_tensor([float(x.shape[0])])]))
+        stats = all_reduce(torch.cat([xf.sum(0), (xf * xf).sum(0), xf.new_tensor([float(x.shape[0])])]), "sum",
+                           dist.group.WORLD)
         n = stats[-1]
         mean = stats[:C] / n
         var = stats[C:2 * C] / n - mean**2

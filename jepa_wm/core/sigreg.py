@@ -40,11 +40,11 @@ def _global_mean(x: torch.Tensor, local_batch: int):
     """Average per-rank means over the global batch; gradients flow back to every rank."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return x, local_batch
-    from torch.distributed.nn.functional import all_reduce  # differentiable all-reduce
+    from torch.distributed._functional_collectives import all_reduce  # differentiable: backward sums too
 
     n = torch.tensor([float(local_batch)], device=x.device)
     dist.all_reduce(n)
-    return all_reduce(x * local_batch) / n, int(n.item())
+    return all_reduce(x * local_batch, "sum", dist.group.WORLD) / n, int(n.item())
 
 
 def sigreg(z: torch.Tensor, step: int = 0, num_directions: int = 1024, num_knots: int = 17, t_max: float = 3.0,
