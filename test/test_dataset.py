@@ -456,6 +456,27 @@ def test_collect_refuses_to_overwrite_an_episode(collected):
     assert {p: p.stat().st_mtime_ns for p in collected.rglob("*")} == before
 
 
+def test_collect_object_jitter_sets_how_far_the_object_starts_from_its_place(tmp_path):
+    """--object-jitter 0 starts every episode's object at the scene's place; a wider jitter spreads the starts."""
+    pytest.importorskip("mujoco", reason="jepa-wm collect needs mujoco")
+    from jepa_wm.cli import main
+
+    starts = {}
+    for jitter in (0.0, 0.2):
+        out = tmp_path / f"jitter_{jitter}"
+        assert main(["collect", "--out", str(out), "--episodes", "4", "--steps", "2", "--object-jitter", str(jitter),
+                     "--width", "16", "--height", "16"]) == 0
+        assert yaml.safe_load((out / "collect_00000.yaml").read_text())["sim"]["object_jitter"] == jitter
+        eps = load_episodes(out, DataConfig(image_size=16, cache_dir="off"), progress=False)
+        starts[jitter] = np.stack([ep.objects[0, :2] for ep in eps])
+    np.testing.assert_allclose(starts[0.0], np.broadcast_to(starts[0.0][0], (4, 2)), atol=1e-6)
+    offsets = np.abs(starts[0.2] - starts[0.0][0])
+    assert offsets.max() <= 0.2 + 1e-6 and offsets.max() > 0.1  # beyond the default 0.1 in 4 seeded episodes
+    with pytest.raises(SystemExit, match="--object-jitter must be >= 0"):
+        main(["collect", "--out", str(tmp_path / "x"), "--episodes", "1", "--object-jitter", "-0.1"])
+    assert not (tmp_path / "x").exists()
+
+
 def test_collect_extends_a_dataset_into_empty_folders(tmp_path):
     pytest.importorskip("mujoco", reason="jepa-wm collect needs mujoco")
     from jepa_wm.cli import main

@@ -27,6 +27,9 @@ def add_arguments(p):
     p.add_argument("--scene", default="builtin", help="'builtin' or an MJCF file (default: %(default)s)")
     p.add_argument("--camera", default="overhead", help="camera name in the scene (default: %(default)s)")
     p.add_argument("--object-body", default="", help="object body ('' = the first free body)")
+    p.add_argument("--object-jitter", type=float, default=0.1,
+                   help="each episode starts the object uniformly within this many metres (x and y) of its place "
+                        "in the scene (default: %(default)s)")
     p.add_argument("--width", type=int, default=64, help="image width (default: %(default)s)")
     p.add_argument("--height", type=int, default=64, help="image height (default: %(default)s)")
     p.add_argument("--control-dt", type=float, default=0.1, help="seconds per step (default: %(default)s)")
@@ -61,7 +64,8 @@ def robot_change(args) -> dict:
 def _sim_config(args):
     from jepa_wm.sim.arm import SimConfig
 
-    return SimConfig(scene=args.scene, camera=args.camera, object_body=args.object_body, width=args.width,
+    return SimConfig(scene=args.scene, camera=args.camera, object_body=args.object_body,
+                     object_jitter=args.object_jitter, width=args.width,
                      height=args.height, control_dt=args.control_dt, seed=args.seed, **robot_change(args))
 
 
@@ -88,15 +92,16 @@ def record_episode(sim, policy, path: Path, steps: int, seed: int) -> int:
 
 
 def _work(job) -> int:
-    """Runs in a worker process: one simulator per process, built on first use."""
+    """Runs in a worker process: one simulator per process, built on first use (and again for other settings:
+    an in-process caller may collect twice)."""
     args, path, seed = job
-    if "sim" not in _WORKER:
+    key = (asdict(_sim_config(args)), args.push_fraction, args.max_step)
+    if _WORKER.get("key") != key:
         from jepa_wm.sim.arm import ArmSim
         from jepa_wm.sim.explore import ExplorationPolicy
 
         sim = ArmSim(_sim_config(args))
-        _WORKER["sim"] = sim
-        _WORKER["policy"] = ExplorationPolicy(sim, args.push_fraction, args.max_step)
+        _WORKER.update(key=key, sim=sim, policy=ExplorationPolicy(sim, args.push_fraction, args.max_step))
     return record_episode(_WORKER["sim"], _WORKER["policy"], path, args.steps, seed)
 
 
@@ -108,6 +113,8 @@ def run(args) -> int:
 
     if args.episodes < 1 or args.steps < 2:
         raise SystemExit("jepa-wm collect: --episodes must be >= 1 and --steps >= 2")
+    if not args.object_jitter >= 0:
+        raise SystemExit(f"jepa-wm collect: --object-jitter must be >= 0 metres, got {args.object_jitter}")
     out = Path(args.out)
     jobs = [(args, out / f"episode_{args.first_index + i:05d}", args.seed + i) for i in range(args.episodes)]
     for _, path, _ in jobs:
