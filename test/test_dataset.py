@@ -220,6 +220,18 @@ def test_find_bags_in_folders_files_and_errors(tmp_path):
         find_bags(tmp_path / "empty")
 
 
+def test_find_bags_follows_symlinked_folders_once(tmp_path):
+    """A training set assembled from links to bags recorded elsewhere; a link back up does not loop."""
+    a = write_bag(tmp_path / "day1" / "a", [0, 100])
+    b = write_bag(tmp_path / "day2" / "b", [0, 100])
+    mix = tmp_path / "mix"
+    mix.mkdir()
+    (mix / "a").symlink_to(a, target_is_directory=True)
+    (mix / "day2").symlink_to(b.parent, target_is_directory=True)
+    (mix / "loop").symlink_to(mix, target_is_directory=True)
+    assert find_bags(mix) == [mix / "a", mix / "day2" / "b"]
+
+
 def test_load_episodes_of_a_folder(tmp_path, cfg):
     write_bag(tmp_path / "set" / "ep0", [0, 100, 200], commands={0: [1, 1]})
     write_bag(tmp_path / "set" / "ep1", [0, 100], commands={0: [2, 2]})

@@ -115,11 +115,26 @@ def find_bags(paths) -> list[Path]:
         if (p / "metadata.yaml").is_file() or any(p.glob("*.mcap")) or any(p.glob("*.db3")):
             bags.append(p)
             continue
-        found = sorted({m.parent for pattern in ("metadata.yaml", "*.mcap", "*.db3") for m in p.rglob(pattern)})
+        found = _bags_under(p)
         if not found:
             raise BagError(f"no rosbag2 bags (metadata.yaml, .mcap, .db3) under {p}")
         bags.extend(found)
     return bags
+
+
+def _bags_under(root: Path) -> list[Path]:
+    """Bag folders under `root`, through symlinked folders too (a training set assembled with `ln -s`), each
+    real folder once so that a link loop ends."""
+    found, seen = [], set()
+    for folder, subfolders, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            subfolders.clear()
+            continue
+        seen.add(real)
+        if "metadata.yaml" in files or any(f.endswith((".mcap", ".db3")) for f in files):
+            found.append(Path(folder))
+    return sorted(found)
 
 
 def _cache_dir(cfg: DataConfig) -> Path | None:
