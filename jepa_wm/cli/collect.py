@@ -95,12 +95,13 @@ def _work(job) -> int:
     """Runs in a worker process: one simulator per process, built on first use (and again for other settings:
     an in-process caller may collect twice)."""
     args, path, seed = job
-    key = (asdict(_sim_config(args)), args.push_fraction, args.max_step)
+    cfg = _sim_config(args)
+    key = (asdict(cfg), args.push_fraction, args.max_step)
     if _WORKER.get("key") != key:
         from jepa_wm.sim.arm import ArmSim
         from jepa_wm.sim.explore import ExplorationPolicy
 
-        sim = ArmSim(_sim_config(args))
+        sim = ArmSim(cfg)
         _WORKER.update(key=key, sim=sim, policy=ExplorationPolicy(sim, args.push_fraction, args.max_step))
     return record_episode(_WORKER["sim"], _WORKER["policy"], path, args.steps, seed)
 

@@ -30,8 +30,8 @@ if rank == 0:
     torch.save({"values": values / world, "grads": grads, "running_mean": model.projector.net[1].running_mean}, out)
 dist.destroy_process_group()
 # Gloo's worker thread frees a finished all_reduce's tensors when it gets to it, and if that is during interpreter
-# shutdown, taking the GIL there aborts ("terminate called without an active exception"; 2 CI runs, 1 in 20 on a
-# loaded 2-core machine, core dump: ~AsyncAllreduceWork -> decref_pyobject -> take_gil -> pthread_exit). The result
+# shutdown, taking the GIL there aborts ("terminate called without an active exception"; 2 CI runs, about 1 in 30 on
+# a loaded 2-core machine, core dump: ~AsyncAllreduceWork -> decref_pyobject -> take_gil -> pthread_exit). The result
 # is on disk: leave without the shutdown.
 sys.stderr.flush()
 os._exit(0)
