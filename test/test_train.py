@@ -34,8 +34,10 @@ def test_train_writes_a_deployable_checkpoint_metrics_and_plot(trained):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     # It learns: the objective falls. (Prediction error alone rises at first: SIGReg spreads the
     # nearly collapsed latents of a fresh encoder, which makes them harder to predict.)
+    # Logged losses are single batches and CPU kernels are not bit-reproducible: the ratio below was 0.61-0.80 over
+    # nine runs of this test's training (one failed a bound of 0.8).
     losses = [r["loss"] for r in rows if "loss" in r]
-    assert np.mean(losses[-2:]) < 0.8 * np.mean(losses[:2])
+    assert np.mean(losses[-2:]) < 0.87 * np.mean(losses[:2])
     assert any("val_probe_r2" in r for r in rows)
     assert (out / "losses.png").stat().st_size > 10_000
 
@@ -108,18 +110,19 @@ def test_auto_precision_fine_tunes_in_fp32():
     assert training_precision(TrainConfig(precision="bf16", freeze_encoder=True)) == "bf16"  # asked for explicitly
 
 
-def test_training_names_the_joints_its_latent_barely_encodes():
-    from jepa_wm.train.pipeline import weak_probes
+def test_training_names_the_joints_and_the_object_its_latent_barely_encodes():
+    from jepa_wm.train.pipeline import weak_joint_probes, weak_object_probe
 
     metrics = {"val_probe_r2": 0.7, "val_probe_r2_joint0": 0.98, "val_probe_r2_joint1": 0.32,
                "val_probe_r2_joint2": 0.89, "val_pred_error": 0.01}
-    assert weak_probes(metrics, ["base_yaw", "shoulder", "elbow"]) == ["shoulder (R^2 0.32)", "elbow (R^2 0.89)"]
-    assert weak_probes(metrics, []) == ["joint 1 (R^2 0.32)", "joint 2 (R^2 0.89)"]  # bags without joint names
-    assert weak_probes({"val_probe_r2_joint0": 0.95}, ["a"]) == []
+    assert weak_joint_probes(metrics, ["base_yaw", "shoulder", "elbow"]) == ["shoulder (R^2 0.32)", "elbow (R^2 0.89)"]
+    assert weak_joint_probes(metrics, []) == ["joint 1 (R^2 0.32)", "joint 2 (R^2 0.89)"]  # bags without joint names
+    assert weak_joint_probes({"val_probe_r2_joint0": 0.95}, ["a"]) == []
     # A latent that dropped the puck (joint probes of 0.99, puck -0.05), and the shipped one, which kept it: the arm
     # hides the puck and pushes carry it out of view, so a kept object reads lower than a joint.
-    assert weak_probes({"val_probe_r2_joint0": 0.99, "val_probe_r2_object": -0.05}, ["a"]) == ["the object (R^2 -0.05)"]
-    assert weak_probes({"val_probe_r2_joint0": 0.99, "val_probe_r2_object": 0.67}, ["a"]) == []
+    assert weak_object_probe({"val_probe_r2_joint0": 0.99, "val_probe_r2_object": -0.05}) == "the object (R^2 -0.05)"
+    assert weak_object_probe({"val_probe_r2_joint0": 0.99, "val_probe_r2_object": 0.67}) is None
+    assert weak_object_probe(metrics) is None  # bags without the object's pose: nothing to warn about
 
 
 def test_validation_probes_an_object_where_the_clips_carry_its_position(trained):

@@ -54,18 +54,21 @@ WEAK_PROBE = 0.9  # joint probe R^2 under which the latent barely encodes a join
 WEAK_OBJECT_PROBE = 0.5
 
 
-def weak_probes(metrics: dict, names) -> list[str]:
-    """'name (R^2 x)' for every joint the validation probe reads worse than WEAK_PROBE, and 'the object (R^2 x)'
-    where it reads the object worse than WEAK_OBJECT_PROBE."""
+def weak_joint_probes(metrics: dict, names) -> list[str]:
+    """'name (R^2 x)' for every joint the validation probe reads worse than WEAK_PROBE."""
     names = list(names or [])
     out = []
     for key, r2 in metrics.items():
         if key.startswith("val_probe_r2_joint") and r2 < WEAK_PROBE:
             j = int(key.removeprefix("val_probe_r2_joint"))
             out.append(f"{names[j] if j < len(names) else f'joint {j}'} (R^2 {r2:.2f})")
-    if metrics.get("val_probe_r2_object", 1.0) < WEAK_OBJECT_PROBE:
-        out.append(f"the object (R^2 {metrics['val_probe_r2_object']:.2f})")
     return out
+
+
+def weak_object_probe(metrics: dict) -> str | None:
+    """'the object (R^2 x)' where the validation probe reads the object worse than WEAK_OBJECT_PROBE."""
+    r2 = metrics.get("val_probe_r2_object", 1.0)
+    return f"the object (R^2 {r2:.2f})" if r2 < WEAK_OBJECT_PROBE else None
 
 
 def fit_joint_metric(model, episodes, max_frames: int = 3000) -> JointMetric:
@@ -130,13 +133,11 @@ def fit(episodes, config: dict, out_dir, parent: str | None = None, sources=None
         save_checkpoint(path, model, meta)
         print(f"saved {path}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
               + f"; surprise threshold {calibration.threshold:.2f} (nominal false-trip rate {calibration.false_trip_rate:.4f})")
-        weak = weak_probes(metrics, meta["joint_names"])
-        if weak and not tcfg.freeze_encoder:
-            costs = []
-            if any(not w.startswith("the object") for w in weak):
-                costs.append("the planner misses goals that need a joint the latent does not encode")
-            if weak[-1].startswith("the object"):
-                costs.append("the surprise monitor does not see an object the latent does not encode move")
-            print(f"warning: the latent barely encodes {', '.join(weak)}: {'; '.join(costs)}. Train longer, or, since "
-                  "what the latent keeps depends on the seed, again with another --seed (models/README.md)")
+        joints, obj = weak_joint_probes(metrics, meta["joint_names"]), weak_object_probe(metrics)
+        if (joints or obj) and not tcfg.freeze_encoder:
+            costs = (["the planner misses goals that need a joint the latent does not encode"] if joints else []) + (
+                ["the surprise monitor does not see an object the latent does not encode move"] if obj else [])
+            print(f"warning: the latent barely encodes {', '.join(joints + [obj] if obj else joints)}: "
+                  f"{'; '.join(costs)}. Train longer, or, since what the latent keeps depends on the seed, again with "
+                  "another --seed (models/README.md)")
     return path
