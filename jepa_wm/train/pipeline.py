@@ -133,11 +133,13 @@ def fit(episodes, config: dict, out_dir, parent: str | None = None, sources=None
         save_checkpoint(path, model, meta)
         print(f"saved {path}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
               + f"; surprise threshold {calibration.threshold:.2f} (nominal false-trip rate {calibration.false_trip_rate:.4f})")
-        joints, obj = weak_joint_probes(metrics, meta["joint_names"]), weak_object_probe(metrics)
-        if (joints or obj) and not tcfg.freeze_encoder:
-            costs = (["the planner misses goals that need a joint the latent does not encode"] if joints else []) + (
-                ["the surprise monitor does not see an object the latent does not encode move"] if obj else [])
-            print(f"warning: the latent barely encodes {', '.join(joints + [obj] if obj else joints)}: "
-                  f"{'; '.join(costs)}. Train longer, or, since what the latent keeps depends on the seed, again with "
-                  "another --seed (models/README.md)")
+        weak, costs = weak_joint_probes(metrics, meta["joint_names"]), []
+        if weak:
+            costs.append("the planner misses goals that need a joint the latent does not encode")
+        if obj := weak_object_probe(metrics):
+            weak.append(obj)
+            costs.append("the surprise monitor does not see an object the latent does not encode move")
+        if weak and not tcfg.freeze_encoder:
+            print(f"warning: the latent barely encodes {', '.join(weak)}: {'; '.join(costs)}. Train longer, or, since "
+                  "what the latent keeps depends on the seed, again with another --seed (models/README.md)")
     return path
