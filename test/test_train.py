@@ -111,7 +111,7 @@ def test_auto_precision_fine_tunes_in_fp32():
 
 
 def test_training_names_the_joints_and_the_object_its_latent_barely_encodes():
-    from jepa_wm.train.pipeline import weak_joint_probes, weak_object_probe
+    from jepa_wm.train.pipeline import weak_joint_probes, weak_latent_warning, weak_object_probe
 
     metrics = {"val_probe_r2": 0.7, "val_probe_r2_joint0": 0.98, "val_probe_r2_joint1": 0.32,
                "val_probe_r2_joint2": 0.89, "val_pred_error": 0.01}
@@ -123,6 +123,13 @@ def test_training_names_the_joints_and_the_object_its_latent_barely_encodes():
     assert weak_object_probe({"val_probe_r2_joint0": 0.99, "val_probe_r2_object": -0.05}) == "the object (R^2 -0.05)"
     assert weak_object_probe({"val_probe_r2_joint0": 0.99, "val_probe_r2_object": 0.67}) is None
     assert weak_object_probe(metrics) is None  # bags without the object's pose: nothing to warn about
+    # The warning names each and says what it costs.
+    assert weak_latent_warning({"val_probe_r2_joint0": 0.99, "val_probe_r2_object": 0.9}, ["a"]) is None
+    both = weak_latent_warning({**metrics, "val_probe_r2_object": -0.05}, ["base_yaw", "shoulder", "elbow"])
+    assert "shoulder (R^2 0.32), elbow (R^2 0.89), the object (R^2 -0.05)" in both
+    assert "planner misses goals" in both and "surprise monitor does not see an object" in both
+    assert "surprise monitor" not in weak_latent_warning(metrics, ["base_yaw", "shoulder", "elbow"])
+    assert "planner" not in weak_latent_warning({"val_probe_r2_joint0": 0.99, "val_probe_r2_object": -0.05}, ["a"])
 
 
 def test_validation_probes_an_object_where_the_clips_carry_its_position(trained):

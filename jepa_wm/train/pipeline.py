@@ -71,6 +71,20 @@ def weak_object_probe(metrics: dict) -> str | None:
     return f"the object (R^2 {r2:.2f})" if r2 < WEAK_OBJECT_PROBE else None
 
 
+def weak_latent_warning(metrics: dict, names) -> str | None:
+    """What a user should know about joints and an object the latent barely encodes, and what each costs."""
+    weak, costs = weak_joint_probes(metrics, names), []
+    if weak:
+        costs.append("the planner misses goals that need a joint the latent does not encode")
+    if obj := weak_object_probe(metrics):
+        weak.append(obj)
+        costs.append("the surprise monitor does not see an object the latent does not encode move")
+    if not weak:
+        return None
+    return (f"warning: the latent barely encodes {', '.join(weak)}: {'; '.join(costs)}. Train longer, or, since what "
+            "the latent keeps depends on the seed, again with another --seed (models/README.md)")
+
+
 def fit_joint_metric(model, episodes, max_frames: int = 3000) -> JointMetric:
     """The planner's joint probe (core/planner.py) from up to max_frames frames spread over the episodes."""
     every = max(1, sum(len(ep) for ep in episodes) // max_frames)
@@ -133,13 +147,6 @@ def fit(episodes, config: dict, out_dir, parent: str | None = None, sources=None
         save_checkpoint(path, model, meta)
         print(f"saved {path}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
               + f"; surprise threshold {calibration.threshold:.2f} (nominal false-trip rate {calibration.false_trip_rate:.4f})")
-        weak, costs = weak_joint_probes(metrics, meta["joint_names"]), []
-        if weak:
-            costs.append("the planner misses goals that need a joint the latent does not encode")
-        if obj := weak_object_probe(metrics):
-            weak.append(obj)
-            costs.append("the surprise monitor does not see an object the latent does not encode move")
-        if weak and not tcfg.freeze_encoder:
-            print(f"warning: the latent barely encodes {', '.join(weak)}: {'; '.join(costs)}. Train longer, or, since "
-                  "what the latent keeps depends on the seed, again with another --seed (models/README.md)")
+        if not tcfg.freeze_encoder and (warning := weak_latent_warning(metrics, meta["joint_names"])):
+            print(warning)
     return path
