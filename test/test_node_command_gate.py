@@ -275,6 +275,29 @@ def test_forward_command_controller_and_missing_monitor(ros, start_node):
     assert not rig.state()["engaged"] and "monitor" in rig.state()["reason"]
 
 
+def test_a_hold_due_while_blind_is_placed_when_joint_states_return(ros, start_node):
+    # A forward-command controller keeps driving to its last target until it gets a new one.
+    gate = start_node("command_gate", "gate.yaml", {"controller_type": "forward_command"})
+    rig = Rig(ros, "forward_command")
+    rig.wait_up(gate)
+    assert rig.engage().success
+    rig.stream(rig.auto_arr, lambda: Float64MultiArray(data=AUTO), 0.5)
+    rig.joint_states_on = False
+    rig.stream(rig.auto_arr, lambda: Float64MultiArray(data=AUTO), 1.0)
+    rig.stop.publish(Bool(data=True))  # the monitor stops while the gate cannot see the arm
+    ros.spin_for(0.5)
+    assert rig.state()["mode"] == "stopped" and rig.state()["hold_position"] is None
+    n0 = len(rig.out)
+    rig.measured = [0.25, -0.1, 0.25]  # the arm went on towards its last target meanwhile
+    rig.joint_states_on = True
+    ros.spin_for(1.0)
+    after = [list(m.data) for _, m in rig.out[n0:]]
+    assert after and np.allclose(after[0], rig.measured), after
+    assert len(after) == 1, "one hold, then nothing while stopped"
+    assert rig.state()["mode"] == "stopped" and np.allclose(rig.state()["hold_position"], rig.measured)
+    assert gate.alive()
+
+
 @pytest.mark.parametrize("overrides,needle", [
     ({"controller_type": "velocity"}, "controller_type"),
     ({"joint_names": ["a", "b"], "joint_lower_limits": [0.0], "joint_upper_limits": [1.0]}, "joint_lower_limits"),

@@ -18,9 +18,10 @@ core.checks.StuckJointCheck) disengages it within two control steps.
 
 Whenever output stops being forwarded (stop, disengage, the active input goes
 stale, the monitor disappears, the joint states go stale) the gate publishes
-one HOLD at the measured joint position captured at that moment (without fresh
-joint states: an empty trajectory, on which joint_trajectory_controller holds
-where it is); it never replays a stale command.
+one HOLD at the measured joint position captured at that moment; without fresh
+joint states, an empty trajectory (on which joint_trajectory_controller holds
+where it is), and the HOLD at the measured position follows as soon as joint
+states arrive. It never replays a stale command.
 Commands received before an engage, or older than the input timeout, are
 dropped. `~/state` (std_msgs/String, JSON, latched) tells the planner and the
 monitor what the gate is doing, so engaging is bumpless: the planner restarts
@@ -90,6 +91,7 @@ class CommandGate(Node):
         self.mode = "hold"  # hold | teleop | autonomy | stopped
         self.reason = "starting: autonomy disengaged"
         self.hold_position: list | None = None
+        self.hold_pending = False  # a hold was due while the arm's position was unknown
         self.forwarded = 0
         self.limited = 0  # autonomy points bounded by autonomy_max_speed
         self.limited_since: int | None = None  # first of an unbroken run of bounded autonomy commands
@@ -310,6 +312,10 @@ class CommandGate(Node):
                                       throttle_duration_sec=5.0)
             return
         self.measured, self.measured_ns = pos, self._now()
+        if self.hold_pending and self.mode in ("hold", "stopped"):
+            # A forward-command controller got nothing and still drives to its last target.
+            self._hold("joint states back")
+            self._publish_state()
 
     def _on_engage(self, req: SetBool.Request, res: SetBool.Response):
         now = self._now()
@@ -388,7 +394,7 @@ class CommandGate(Node):
         if mode in ("hold", "stopped"):
             self._hold(f"{previous} -> {mode}: {why}")
         else:
-            self.hold_position = None
+            self.hold_position, self.hold_pending = None, False
             self.get_logger().info(f"{previous} -> {mode}")
         self._publish_state(why)
 
@@ -407,7 +413,8 @@ class CommandGate(Node):
 
     def _hold(self, why: str):
         """Publish one hold at the measured position, captured now."""
-        if not self._measured_fresh(self._now()):  # holding at an old position could move the arm back to it
+        self.hold_pending = not self._measured_fresh(self._now())
+        if self.hold_pending:  # holding at an old position could move the arm back to it
             self.hold_position = None
             if self.p["controller_type"] == "joint_trajectory":
                 # An empty trajectory makes joint_trajectory_controller stop and hold where it is.
