@@ -104,6 +104,7 @@ def fit(episodes, config: dict, out_dir, parent: str | None = None, sources=None
         model, parent_meta = load_checkpoint(parent)
         model.train()
     else:
+        torch.manual_seed(tcfg.seed)  # the initial weights: whether the keypoints find every joint depends on them
         model, parent_meta = build_model(model_config(config.get("model"))), {}
         mean, std = action_stats(train_eps)
         model.action_mean.copy_(torch.as_tensor(mean)), model.action_std.copy_(torch.as_tensor(std))
