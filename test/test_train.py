@@ -114,8 +114,10 @@ def test_the_seed_decides_the_initial_weights_so_a_run_repeats(tmp_path):
         return model.state_dict()
 
     a, again, other = run("a", 3), run("again", 3), run("other", 4)
-    assert all(torch.equal(a[k], again[k]) for k in a)
-    assert not all(torch.equal(a[k], other[k]) for k in a if a[k].is_floating_point())
+    floats = [k for k in a if a[k].is_floating_point()]
+    # Bit-identical here; a tolerance far below what another start gives, in case a CPU's kernels are not.
+    assert all(torch.allclose(a[k], again[k], rtol=0, atol=1e-6) for k in floats)
+    assert not all(torch.allclose(a[k], other[k], rtol=0, atol=1e-3) for k in floats)
 
 
 def test_auto_precision_fine_tunes_in_fp32():
