@@ -112,7 +112,7 @@ def find_bags(paths) -> list[Path]:
             raise BagError(f"bag path {p} does not exist")
         if p.is_file():
             p = p.parent
-        if (p / "metadata.yaml").is_file() or any(p.glob("*.mcap")) or any(p.glob("*.db3")):
+        if _holds_a_bag(os.listdir(p)):
             bags.append(p)
             continue
         found = _bags_under(p)
@@ -120,6 +120,11 @@ def find_bags(paths) -> list[Path]:
             raise BagError(f"no rosbag2 bags (metadata.yaml, .mcap, .db3) under {p}")
         bags.extend(found)
     return bags
+
+
+def _holds_a_bag(names) -> bool:
+    """Whether a folder with these file names is a rosbag2 bag: metadata.yaml, or MCAP / SQLite storage."""
+    return "metadata.yaml" in names or any(n.endswith((".mcap", ".db3")) for n in names)
 
 
 def _bags_under(root: Path) -> list[Path]:
@@ -132,7 +137,7 @@ def _bags_under(root: Path) -> list[Path]:
             subfolders.clear()
             continue
         seen.add(real)
-        if "metadata.yaml" in files or any(f.endswith((".mcap", ".db3")) for f in files):
+        if _holds_a_bag(files):
             found.append(Path(folder))
     return sorted(found)
 
