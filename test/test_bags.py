@@ -323,6 +323,28 @@ def test_float64_multiarray_commands(tmp_path):
         read_bag(bad, _cfg(image_size=16, action_topic="/arm_controller/commands"))
 
 
+def test_an_action_topic_without_commands_for_these_joints_is_a_bag_error(tmp_path):
+    """Else every action would be the held first position: a model trained on it ignores its commands."""
+    msgs = []
+    for i in range(3):
+        ns = BASE_NS + i * 100 * MS
+        msgs.append(("/camera/image_raw", ns, image_msg(ns)))
+        msgs.append(("/joint_states", ns, joint_state_msg(ns, JOINTS, [i, -i])))
+        msgs.append(("/arm_controller/joint_trajectory", ns, trajectory_msg(ns, ["gripper"], [0.01 * i])))
+    other_group = write_bag(tmp_path / "gripper", msgs)
+    with pytest.raises(BagError, match=r"gripper: no commands for joints \['shoulder', 'elbow'\] on action topic "
+                                       r"/arm_controller/joint_trajectory"):
+        read_bag(other_group, _cfg(image_size=16))
+    with Writer(tmp_path / "silent", version=9, storage_plugin=StoragePlugin.MCAP) as w:  # the connection, no message
+        conns = {t: w.add_connection(t, ty, typestore=TS) for t, ty in [
+            ("/camera/image_raw", "sensor_msgs/msg/Image"), ("/joint_states", "sensor_msgs/msg/JointState"),
+            ("/arm_controller/joint_trajectory", "trajectory_msgs/msg/JointTrajectory")]}
+        for topic, ns, msg in msgs[:2]:
+            w.write(conns[topic], ns, TS.serialize_cdr(msg, conns[topic].msgtype))
+    with pytest.raises(BagError, match="silent: no commands for joints"):
+        read_bag(tmp_path / "silent", _cfg(image_size=16))
+
+
 def test_delta_actions_need_no_action_topic(tmp_path):
     bag = robot_bag(tmp_path / "b", commands=False)
     s = read_bag(bag, _cfg(image_size=16, action_type="delta"))

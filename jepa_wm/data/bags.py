@@ -297,7 +297,12 @@ def read_bag(path, cfg: DataConfig) -> BagStreams:
         raise BagError(f"bag {path}: no frames on image topic {image_topic}")
     if not joints:
         raise BagError(f"bag {path}: no joint states for joints {names} on topic {cfg.joint_state_topic}")
-    if cfg.action_type == "command" and commands and len({len(c) for c in commands} | {len(names)}) != 1:
+    if cfg.action_type == "command" and not commands:
+        # Otherwise every action would be the held first position: a model of an arm that ignores its commands.
+        raise BagError(f"bag {path}: no commands for joints {names} on action topic {cfg.action_topic} (messages "
+                       "there are empty or name other joints); record the controller that drives these joints, "
+                       "or set data.action_type: delta")
+    if cfg.action_type == "command" and len({len(c) for c in commands} | {len(names)}) != 1:
         raise BagError(f"bag {path}: commands on topic {cfg.action_topic} do not have one value per joint {names}")
     return BagStreams(*_sorted(image_stamps, np.stack(images)), names, *_sorted(joint_stamps, np.array(joints, float)),
                       *_sorted(command_stamps, np.array(commands, float).reshape(len(commands), len(names))),
