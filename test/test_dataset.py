@@ -1,5 +1,6 @@
 """Episodes from rosbag2 bags (sync, actions, frameskip, gaps, cache), the training views, and `jepa-wm collect`."""
 
+import dataclasses
 import os
 
 import numpy as np
@@ -101,9 +102,12 @@ def test_bags_that_order_the_joints_differently_are_not_mixed_up(tmp_path, cfg):
 def test_new_bags_are_read_in_the_checkpoint_joint_order(tmp_path):
     # Fine-tuning and calibration read a robot's new bags for a trained model: its joints, in its action order,
     # whatever order the new recorder used.
-    meta = {"data": {"image_size": 16, "joint_names": [], "cache_dir": "off"}, "joint_names": ["shoulder", "elbow"]}
+    # The training machine's frame cache is not this one's (fine-tuning takes it from its own config).
+    meta = {"data": {"image_size": 16, "joint_names": [], "cache_dir": "/proc/alice/cache"},
+            "joint_names": ["shoulder", "elbow"]}
     data = checkpoint_data_config(meta)
-    assert data.joint_names == ["shoulder", "elbow"] and data.image_size == 16
+    assert data.joint_names == ["shoulder", "elbow"] and data.image_size == 16 and data.cache_dir == ""
+    data = dataclasses.replace(data, cache_dir="off")
     [e] = load_episodes(_named_bag(tmp_path / "b", ["elbow", "shoulder"]), data, progress=False)
     np.testing.assert_allclose(e.actions, [[0.5, -0.25]] * 3)
     with pytest.raises(BagError, match=r"no joint states for joints \['shoulder', 'elbow'\]"):

@@ -44,11 +44,75 @@ def test_train_writes_a_deployable_checkpoint_metrics_and_plot(trained):
 
 def test_a_finished_run_resumes_instead_of_restarting(trained, capsys):
     out, _ = trained
+    _, before = load_checkpoint(out / "model.safetensors")
+    # The same command again (as after a crash in calibration) trains nothing and keeps the recorded metrics.
+    assert cli(["train", "--synthetic", "24", "--preset", "tiny", "--steps", "60", "--batch-size", "16",
+                "--out", str(out)]) == 0
+    _, again = load_checkpoint(out / "model.safetensors")
+    assert again["metrics"] == before["metrics"] and "val_probe_r2" in again["metrics"]
     assert cli(["train", "--synthetic", "24", "--preset", "tiny", "--steps", "70", "--batch-size", "16",
                 "--out", str(out)]) == 0
     assert "resuming" in capsys.readouterr().out
     _, meta = load_checkpoint(out / "model.safetensors")
     assert meta["step"] == 70
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_an_interrupted_run_resumes_where_it_left_off(tmp_path, monkeypatch):
+    """Same batches, same dropout masks: the resumed run ends with the weights of one that never stopped."""
+    from jepa_wm.train import trainer
+    from jepa_wm.train.pipeline import fit
+    from jepa_wm.train.synthetic import synthetic_episodes
+
+    eps = synthetic_episodes(12, size=32, seed=3)
+    config = {"model": {"preset": "tiny", "dropout": 0.2},
+              "train": {"steps": 9, "batch_size": 8, "val_every": 4, "warmup": 1, "precision": "fp32"}}
+    whole, _ = load_checkpoint(fit(eps, config, tmp_path / "whole", sources=["synthetic"]))
+
+    loss, calls = trainer.jepa_loss, []
+
+    def crash_at_step_6(*args, **kw):  # after the checkpoint of step 4, mid-epoch
+        calls.append(1)
+        if len(calls) == 6:
+            raise _Crash
+        return loss(*args, **kw)
+
+    monkeypatch.setattr(trainer, "jepa_loss", crash_at_step_6)
+    with pytest.raises(_Crash):
+        fit(eps, config, tmp_path / "resumed", sources=["synthetic"])
+    monkeypatch.setattr(trainer, "jepa_loss", loss)
+    resumed, _ = load_checkpoint(fit(eps, config, tmp_path / "resumed", sources=["synthetic"]))
+    for name, value in whole.state_dict().items():
+        assert torch.allclose(value, resumed.state_dict()[name], atol=1e-6), name
+
+
+def test_an_output_folder_resumes_only_the_run_that_started_there(trained, tmp_path):
+    from jepa_wm.train.trainer import RunMismatch
+
+    out, _ = trained
+    first = _finetune(out / "model.safetensors", tmp_path / "ft")
+    # The next round of the learning loop, from the fine-tuned model into the same folder: it would resume the
+    # finished first round, train nothing and record the wrong parent.
+    with pytest.raises(RunMismatch, match=r"ft holds another run.*parent: .*model.safetensors \(sha256 .*there, "
+                                          r".*ft/model.safetensors \(sha256 .*now.*another --out"):
+        _finetune(first, tmp_path / "ft")
+    with pytest.raises(RunMismatch, match=r"train.lr: 0.001 there, 0.01 now"):
+        _finetune(out / "model.safetensors", tmp_path / "ft", lr=1e-2)
+    # A folder that holds a model but nothing to resume: training there would overwrite it.
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    (lone / "model.safetensors").write_bytes(first.read_bytes())
+    with pytest.raises(RunMismatch, match="no train_state.pt to resume from"):
+        _finetune(out / "model.safetensors", lone)
+    assert (lone / "model.safetensors").read_bytes() == first.read_bytes()
+    # A truncated training state names itself and leaves the weights alone.
+    (tmp_path / "ft" / "train_state.pt").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(RuntimeError, match=r"cannot read the training state .*train_state.pt"):
+        _finetune(out / "model.safetensors", tmp_path / "ft")
+    assert (tmp_path / "ft" / "model.safetensors").read_bytes() == first.read_bytes()
 
 
 def _finetune(parent, out, **train):
@@ -209,3 +273,50 @@ def test_probe_and_rank_metrics_mean_what_they_say():
     assert linear_probe_r2(z[:300], rng.normal(size=(300, 3)), z[300:], rng.normal(size=(100, 3))) < 0.1
     assert effective_rank(torch.randn(500, 16)) > 12
     assert effective_rank(torch.randn(500, 1) @ torch.randn(1, 16)) < 1.5
+
+
+def test_the_latent_model_takes_its_joint_count_from_the_bags(tmp_path):
+    """A 2-joint arm trains with the preset made for the 3-joint simulator, and a config that says otherwise is
+    refused naming both counts."""
+    import dataclasses
+
+    from jepa_wm.core.config import ConfigError
+    from jepa_wm.train.pipeline import fit
+    from jepa_wm.train.synthetic import synthetic_episodes
+
+    eps = [dataclasses.replace(e, actions=e.actions[:, :2], joints=e.joints[:, :2], joint_names=("a", "b"))
+           for e in synthetic_episodes(8, size=32, seed=4)]
+    config = {"model": {"preset": "tiny"},
+              "train": {"steps": 2, "batch_size": 8, "val_every": 2, "warmup": 1, "precision": "fp32"}}
+    model, meta = load_checkpoint(fit(eps, config, tmp_path / "two", sources=["synthetic"]))
+    assert model.cfg.action_dim == 2 and len(meta["action_low"]) == 2
+    config["model"]["action_dim"] = 3
+    with pytest.raises(ConfigError, match=r"model.action_dim is 3, but the bags command 2 joints \(\['a', 'b'\]\)"):
+        fit(eps, config, tmp_path / "three", sources=["synthetic"])
+
+
+@pytest.mark.parametrize("episodes, val_fraction", [(1, 0.1), (6, 0.0)])
+def test_training_without_validation_clips_stops_before_the_first_step(tmp_path, episodes, val_fraction):
+    from jepa_wm.train.pipeline import fit
+    from jepa_wm.train.synthetic import synthetic_episodes
+
+    config = {"model": {"preset": "tiny"}, "val_fraction": val_fraction,
+              "train": {"steps": 2, "batch_size": 8, "val_every": 2, "warmup": 1, "precision": "fp32"}}
+    with pytest.raises(ValueError, match=rf"no validation clips: {episodes} episode\(s\) with val_fraction "
+                                         rf"{val_fraction} leave 0 for validation.*Record more episodes"):
+        fit(synthetic_episodes(episodes, size=32, seed=1), config, tmp_path / "run", sources=["synthetic"])
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"calibraton": {"quantile": 0.99}}, r"training config: unknown key\(s\) \['calibraton'\]"),
+    ({"calibration": {"quantil": 0.99}}, r"calibration: unknown key\(s\) \['quantil'\]"),
+    ({"model": {"preset": "tiny", "laten_dim": 8}}, r"model config: unknown key\(s\) \['laten_dim'\]"),
+])
+def test_a_misspelled_training_config_key_is_refused(tmp_path, config, message):
+    from jepa_wm.core.config import ConfigError
+    from jepa_wm.train.pipeline import fit
+    from jepa_wm.train.synthetic import synthetic_episodes
+
+    with pytest.raises(ConfigError, match=message):
+        fit(synthetic_episodes(4, size=32, seed=1), config, tmp_path / "run", sources=["synthetic"])

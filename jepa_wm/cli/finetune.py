@@ -33,6 +33,8 @@ def run(args) -> int:
             config["train"][key] = getattr(args, key)
     # Read the new bags the way the parent's bags were read (topics, image size, action definition, joint order).
     data = checkpoint_data_config(read_header(args.model)["meta"])
+    # Where decoded frames are cached is this machine's setting, not the parent's.
+    data = dataclasses.replace(data, cache_dir=(config.get("data") or {}).get("cache_dir", ""))
     config["data"] = dataclasses.asdict(data)
     episodes = load_episodes(args.bags, data)
     fit(episodes, config, args.out, parent=args.model, sources=args.bags)

@@ -215,8 +215,10 @@ def load_episodes(bag_paths_or_dirs, cfg: DataConfig | None = None, progress: bo
 
 def checkpoint_data_config(meta: dict) -> DataConfig:
     """How to read new bags for a trained model: its data settings, with the joints in its action order (bags
-    that name them in another order are reordered by name; bags that lack one are refused)."""
+    that name them in another order are reordered by name; bags that lack one are refused). The frame cache is
+    the default one: the training machine's cache_dir need not exist here."""
     data = dict(meta.get("data") or {})
+    data.pop("cache_dir", None)
     if not data.get("joint_names") and meta.get("joint_names"):
         data["joint_names"] = list(meta["joint_names"])
     return dataclass_from_dict(DataConfig, data, "the checkpoint's data config")

@@ -7,6 +7,8 @@ starts from a parent checkpoint and freezes the encoder.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import time
 from pathlib import Path
 
@@ -15,7 +17,7 @@ import torch
 import yaml
 
 from jepa_wm.core.checkpoint import load_checkpoint, save_checkpoint
-from jepa_wm.core.config import ModelConfig
+from jepa_wm.core.config import ConfigError, ModelConfig
 from jepa_wm.core.model import build_model
 from jepa_wm.core.planner import JointMetric
 from jepa_wm.data.dataset import ClipDataset, action_stats, split_episodes
@@ -32,9 +34,50 @@ def load_config(path=None) -> dict:
     return yaml.safe_load(path.read_text()) or {}
 
 
-def model_config(section: dict) -> ModelConfig:
-    section = dict(section or {})
+SECTIONS = ("model", "data", "val_fraction", "train", "finetune", "calibration")
+CALIBRATION_KEYS = ("quantile", "margin", "consecutive", "whiten")
+
+
+def check_config(config: dict):
+    """Refuse keys the training config does not have (a misspelled section would silently keep its defaults)."""
+    for where, section, known in (("training config", config, SECTIONS),
+                                  ("calibration", config.get("calibration") or {}, CALIBRATION_KEYS)):
+        if unknown := sorted(set(section) - set(known)):
+            raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys are {sorted(known)}")
+
+
+def model_config(section: dict, **overrides) -> ModelConfig:
+    section = {**(section or {}), **overrides}
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    if unknown := sorted(set(section) - known - {"preset"}):
+        raise ConfigError(f"model config: unknown key(s) {unknown}; valid keys are {sorted(known | {'preset'})}")
     return ModelConfig.preset(section.pop("preset", "sim"), **section)
+
+
+def run_identity(config: dict, episodes, parent=None) -> dict:
+    """What makes a training run this run: resuming an output folder is refused when any of it differs."""
+    def source(s):
+        return str(Path(s).resolve()) if Path(s).exists() else s
+
+    train = TrainConfig.from_dict(config.get("train", {}))
+    return {
+        "parent": None if parent is None else f"{Path(parent).resolve()} (sha256 {_sha256(parent)[:16]})",
+        "bags": sorted({source(ep.source) for ep in episodes}),
+        "data": {k: v for k, v in (config.get("data") or {}).items() if k != "cache_dir"},
+        "model": config.get("model") or {},
+        "val_fraction": config.get("val_fraction", 0.1),
+        # Everything but how long and how often it logs: a run may be resumed to train longer.
+        "train": {k: v for k, v in dataclasses.asdict(train).items() if k not in ("steps", "val_every", "log_every",
+                                                                                  "workers")},
+    }
+
+
+def _sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def collect_manifest(bag_paths) -> dict:
@@ -96,20 +139,39 @@ def fit_joint_metric(model, episodes, max_frames: int = 3000) -> JointMetric:
 def fit(episodes, config: dict, out_dir, parent: str | None = None, sources=None) -> Path:
     """Train (or, with `parent`, fine-tune) on episodes; returns the checkpoint path."""
     out = Path(out_dir)
+    check_config(config)
     tcfg = TrainConfig.from_dict(config.get("train", {}))
     cal = config.get("calibration", {})
     train_eps, val_eps = split_episodes(episodes, config.get("val_fraction", 0.1), tcfg.seed)
+    joints = {ep.actions.shape[1] for ep in episodes}
+    if len(joints) != 1:
+        raise ValueError(f"episodes disagree on the number of joints: {sorted(joints)} action values")
+    joints = joints.pop()
 
     if parent:
         model, parent_meta = load_checkpoint(parent)
         model.train()
+        if model.cfg.action_dim != joints:
+            raise ConfigError(f"the parent {parent} commands {model.cfg.action_dim} joints, the bags "
+                              f"{joints} ({list(episodes[0].joint_names)})")
     else:
+        section = config.get("model") or {}
+        if "action_dim" in section and section["action_dim"] != joints:
+            raise ConfigError(f"model.action_dim is {section['action_dim']}, but the bags command {joints} joints "
+                              f"({list(episodes[0].joint_names)}): remove it from the config to follow the data")
         torch.manual_seed(tcfg.seed)  # the initial weights: whether the keypoints find every joint depends on them
-        model, parent_meta = build_model(model_config(config.get("model"))), {}
+        model, parent_meta = build_model(model_config(section, action_dim=joints)), {}  # the robot's joint count
         mean, std = action_stats(train_eps)
         model.action_mean.copy_(torch.as_tensor(mean)), model.action_std.copy_(torch.as_tensor(std))
     cfg = model.cfg
     train_set = ClipDataset(train_eps, cfg.clip_len, cfg.frameskip)
+    span = cfg.clip_len * cfg.frameskip
+    if not any(len(ep) >= span for ep in val_eps):  # else the first validation fails, steps in, with nothing saved
+        raise ValueError(
+            f"no validation clips: {len(episodes)} episode(s) with val_fraction {config.get('val_fraction', 0.1)} "
+            f"leave {len(val_eps)} for validation, and a clip needs an episode of {span} frames. Record more "
+            "episodes (each bag is one, or several where the camera paused longer than data.max_gap_s), or "
+            "raise val_fraction")
     val_set = ClipDataset(val_eps, cfg.clip_len, cfg.frameskip)
     all_actions = np.concatenate([ep.actions for ep in train_eps])
     max_step = np.max([np.abs(np.diff(ep.actions, axis=0)).max(0) for ep in train_eps if len(ep) > 1], axis=0)
@@ -137,7 +199,7 @@ def fit(episodes, config: dict, out_dir, parent: str | None = None, sources=None
         meta["action_max_step"] = np.maximum(max_step, parent_meta.get("action_max_step", max_step)).tolist()
 
     t0 = time.time()
-    metrics = train(model, train_set, val_set, tcfg, out, meta)
+    metrics = train(model, train_set, val_set, tcfg, out, meta, run=run_identity(config, episodes, parent))
     model.cpu()  # calibration and the joint probe feed it CPU frames, and the checkpoint is saved from here
     path = out / "model.safetensors"
     if is_main_process():

@@ -165,10 +165,55 @@ def evaluate(model: WorldModel, train_set, val_set, batch_size: int = 64, max_cl
     return metrics
 
 
-def train(model: WorldModel, train_set, val_set, cfg: TrainConfig, out_dir, meta: dict | None = None) -> dict:
+class RunMismatch(ValueError):
+    """The output folder holds another run than the one asked for: resuming it would mix the two."""
+
+
+def _differences(stored: dict, run: dict) -> list[str]:
+    """'key: X there, Y now' for each key of `run` that the stored run has otherwise (nested dicts by field)."""
+    out = []
+    for key in sorted(set(stored) | set(run)):
+        a, b = stored.get(key), run.get(key)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += [f"{key}.{d}" for d in _differences(a, b)]
+        elif isinstance(a, list) and isinstance(b, list):
+            gone, new = [x for x in a if x not in b], [x for x in b if x not in a]
+            out.append(f"{key}: {len(a)} there, {len(b)} now (only there: {gone[:2]}, only now: {new[:2]})")
+        else:
+            out.append(f"{key}: {a!r} there, {b!r} now")
+    return out
+
+
+def _rng_state(device) -> dict:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device):
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _read_state(path: Path, device) -> dict:
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # a truncated or foreign file surfaces as several exception types
+        raise RuntimeError(f"cannot read the training state {path} ({type(e).__name__}: {e}); the weights beside "
+                           "it are untouched: to start over, give another --out") from e
+
+
+def train(model: WorldModel, train_set, val_set, cfg: TrainConfig, out_dir, meta: dict | None = None,
+          run: dict | None = None) -> dict:
     """Train `model` on ClipDatasets; writes out_dir/{model.safetensors, train_state.pt, metrics.jsonl, losses.png}.
 
-    Resumes from out_dir/train_state.pt when it exists. Returns the final validation metrics.
+    Resumes from out_dir/train_state.pt when it exists, where the run left off (same batches, same random
+    state), and only if it was started as the same `run` (what identifies it: parent, data, recipe). Returns
+    the final validation metrics.
     """
     env = Distributed()
     out = Path(out_dir)
@@ -180,14 +225,25 @@ def train(model: WorldModel, train_set, val_set, cfg: TrainConfig, out_dir, meta
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
     step, state_path, ckpt_path = 0, out / "train_state.pt", out / "model.safetensors"
+    metrics, rng = {}, None
     if state_path.exists() and ckpt_path.exists():
-        resumed, _ = load_checkpoint(ckpt_path, expected_config=model.cfg)
+        state = _read_state(state_path, env.device)
+        if run is not None and state.get("run") is not None and state["run"] != run:
+            raise RunMismatch(f"{out} holds another run, so this one cannot resume there: "
+                              + "; ".join(_differences(state["run"], run))
+                              + f". Give another --out, or delete {out} to start over")
+        resumed, resumed_meta = load_checkpoint(ckpt_path, expected_config=model.cfg)
         model.load_state_dict(resumed.state_dict())
-        state = torch.load(state_path, map_location=env.device, weights_only=True)
         opt.load_state_dict(state["optimizer"])
         step = int(state["step"])
+        metrics = resumed_meta.get("metrics", {})  # a finished run resumed for its calibration keeps its metrics
+        # One process only: the file holds rank 0's generator, and each rank draws its own dropout masks.
+        rng = state.get("rng") if env.world == 1 else None
         if env.main:
             print(f"resuming {out} from step {step}")
+    elif ckpt_path.exists():
+        raise RunMismatch(f"{out} holds a model ({ckpt_path.name}) but no train_state.pt to resume from; training "
+                          "there would overwrite it: give another --out, or delete it")
 
     net = model
     if env.world > 1:
@@ -204,10 +260,20 @@ def train(model: WorldModel, train_set, val_set, cfg: TrainConfig, out_dir, meta
         out.mkdir(parents=True, exist_ok=True)
     log = open(out / "metrics.jsonl", "a") if env.main else None
     bar = tqdm(total=cfg.steps, initial=step, desc="train", disable=not env.main, dynamic_ncols=True)
-    metrics, epoch, t0 = {}, step // len(loader), time.time()
+    epoch, skip, t0 = step // len(loader), step % len(loader), time.time()
     while step < cfg.steps:
         sampler.set_epoch(epoch)
-        for batch in loader:
+        # Resuming mid-epoch: the loader draws its seed from the generator as the epoch starts, so the saved
+        # state goes back after the batches already trained on are skipped; at an epoch's start, before.
+        if rng is not None and not skip:
+            _set_rng_state(rng, env.device)
+        batches = iter(loader)
+        for _ in range(skip):
+            next(batches)
+        if rng is not None and skip:
+            _set_rng_state(rng, env.device)
+        rng, skip = None, 0
+        for batch in batches:
             if step >= cfg.steps:
                 break
             # A dynamics-only fine-tune trains the predictor as it is deployed: BatchNorm statistics frozen, no
@@ -241,7 +307,8 @@ def train(model: WorldModel, train_set, val_set, cfg: TrainConfig, out_dir, meta
                     save_checkpoint(ckpt_path, model, {**(meta or {}), "step": step, "metrics": metrics,
                                                        "train_config": dataclasses.asdict(cfg)})
                     tmp = state_path.with_suffix(".tmp")
-                    torch.save({"optimizer": opt.state_dict(), "step": step}, tmp)
+                    torch.save({"optimizer": opt.state_dict(), "step": step, "run": run,
+                                "rng": _rng_state(env.device)}, tmp)
                     os.replace(tmp, state_path)
                 if env.world > 1:
                     dist.barrier()
