@@ -133,6 +133,13 @@ def test_packed_yuv_orders_are_told_apart():
     assert np.all(a == a[0, 0]) and a[0, 0, 0] > a[0, 0, 2]  # V > 128: reddish, not bluish
 
 
+@pytest.mark.parametrize("encoding", ["yuv422", "uyvy", "yuv422_yuy2", "yuyv"])
+def test_odd_width_packed_yuv_is_an_image_format_error(encoding):
+    # OpenCV raises cv2.error here, which a node catching ValueError would die of.
+    with pytest.raises(ImageFormatError, match=rf"{encoding} image has odd width 3"):
+        image_to_rgb(encoding, 2, 3, 6, bytes(12))
+
+
 def test_every_listed_encoding_decodes():
     for enc in ENCODINGS:
         out = image_to_rgb(enc, 2, 4, 64, bytes(2 * 64))

@@ -4,7 +4,7 @@ Shared by the bag reader and the ROS nodes, so it takes the message's plain
 fields (no message types, no rclpy) and returns uint8 (H, W, 3) RGB. Depth-like
 encodings (mono16, 16UC1, 32FC1) are normalised to 0..255 per frame, so a
 depth camera can feed the same encoder. Malformed frames raise
-ImageFormatError saying what is wrong, never a numpy reshape error.
+ImageFormatError saying what is wrong, never a numpy reshape or OpenCV error.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ _BAYER = {
 }
 
 ENCODINGS = tuple(_LAYOUT)
+_YUV422 = ("yuv422", "uyvy", "yuv422_yuy2", "yuyv")
 
 
 def _pixels(encoding, height, width, step, data, is_bigendian) -> np.ndarray:
@@ -85,6 +86,10 @@ def image_to_rgb(encoding: str, height: int, width: int, step: int, data, is_big
     """A sensor_msgs/Image's fields -> uint8 (H, W, 3) RGB."""
     if encoding not in _LAYOUT:
         raise ImageFormatError(f"unsupported image encoding {encoding!r}; supported: {', '.join(ENCODINGS)}")
+    if encoding in _YUV422 and int(width) % 2:
+        # 4:2:2 packs two pixels per U/V pair; OpenCV would raise cv2.error (not a ValueError) on an odd width.
+        raise ImageFormatError(f"{encoding} image has odd width {int(width)}: 4:2:2 YUV packs pixels in pairs, "
+                               "so the width must be even")
     px = _pixels(encoding, int(height), int(width), int(step), data, bool(is_bigendian))
     if encoding == "rgb8":
         return px
