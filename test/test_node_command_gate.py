@@ -1,6 +1,7 @@
-"""The command gate as a real process on real DDS: arbitration, holds, the stop latch, parameters."""
+"""The command gate as a real process on real DDS: arbitration, holds, the stop latch, watchdogs, parameters."""
 
 import json
+import math
 import time
 
 import numpy as np
@@ -8,6 +9,9 @@ import pytest
 
 pytest.importorskip("rclpy", reason="rclpy (ros-rclpy wheels or a ROS 2 install) is needed for node tests")
 
+from builtin_interfaces.msg import Time  # noqa: E402
+from rclpy.duration import Duration  # noqa: E402
+from rosgraph_msgs.msg import Clock  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Bool, Float64MultiArray, String  # noqa: E402
 from std_srvs.srv import SetBool  # noqa: E402
@@ -31,16 +35,24 @@ def traj(*points, names=JOINTS):
 
 
 class Rig:
-    """Test-side arm: publishes joint_states and a monitor stop latch, records the gate's output."""
+    """Test-side arm: publishes joint_states and, like the surprise monitor, republishes its stop state at 20 Hz
+    (`monitor_on = False`: a hung monitor, its publisher still there); records the gate's output. With
+    `sim_time`, it also publishes /clock (a gate started with use_sim_time), from 100 s on."""
 
-    def __init__(self, ros, controller_type="joint_trajectory"):
+    def __init__(self, ros, controller_type="joint_trajectory", sim_time=False):
         self.ros, n = ros, ros.node
+        if sim_time:
+            clock = n.create_publisher(Clock, "/clock", 10)
+            self.jump_clock(100.0)
+            n.create_timer(0.01, lambda: clock.publish(Clock(clock=self.sim_now())))
         self.measured = list(MEASURED)
         self.joint_states_on = True
         js = n.create_publisher(JointState, "/joint_states", 10)
         n.create_timer(0.05, lambda: self.joint_states_on and js.publish(JointState(name=JOINTS, position=self.measured)))
         self.stop = n.create_publisher(Bool, "/jepa_wm/stop", LATCHED_QOS)
-        self.stop.publish(Bool(data=False))
+        self.stopped, self.monitor_on = False, True
+        self.set_stop(False)
+        n.create_timer(0.05, lambda: self.monitor_on and self.stop.publish(Bool(data=self.stopped)))
         if controller_type == "joint_trajectory":
             self.out = ros.collect(JointTrajectory, "/arm_controller/joint_trajectory")
         else:
@@ -53,10 +65,26 @@ class Rig:
     def state(self):
         return json.loads(self.states[-1][1].data) if self.states else {}
 
+    def set_stop(self, stopped):
+        self.stopped = stopped
+        self.stop.publish(Bool(data=stopped))
+
+    def jump_clock(self, to_s):
+        """/clock goes on from `to_s` (as after /sim/reset), advancing with the wall clock."""
+        self.clock_base, self.clock_t0 = to_s, time.monotonic()
+
+    def sim_now(self):
+        t = self.clock_base + time.monotonic() - self.clock_t0
+        return Time(sec=int(t), nanosec=int(t % 1 * 1e9))
+
     def wait_up(self, gate):
         assert gate.wait_output("gate up", 30), gate.output
         assert self.ros.spin_until(lambda: self.states and self.ros.node.count_subscribers("/command_gate/autonomy/joint_trajectory") > 0, 15)
         self.ros.spin_for(1.0)  # joint states and the stop latch reach the gate
+
+    def wait_log(self, gate, text, timeout=5.0):
+        """gate.wait_output, spinning meanwhile: the fake monitor must go on publishing."""
+        return self.ros.spin_until(lambda: text in gate.output, timeout)
 
     def engage(self, on=True):
         return self.ros.call(SetBool, "/command_gate/engage", SetBool.Request(data=on))
@@ -98,6 +126,19 @@ def test_silent_autonomy_holds_at_measured_position_and_never_replays(ros, start
     assert gate.alive()
 
 
+def test_the_state_tells_every_engage_and_disengage_even_while_the_mode_stays(ros, start_node):
+    # The monitor scores while the gate is engaged: a disengage during a hold must reach it.
+    gate = start_node("command_gate", "gate.yaml")
+    rig = Rig(ros)
+    rig.wait_up(gate)
+    assert rig.engage().success
+    assert ros.spin_until(lambda: rig.state().get("engaged") is True, 2.0), rig.state()
+    assert rig.state()["mode"] == "hold"  # no autonomy command yet
+    assert rig.engage(False).success
+    assert ros.spin_until(lambda: rig.state().get("engaged") is False, 2.0), rig.state()
+    assert rig.state()["mode"] == "hold"
+
+
 def test_teleop_preempts_autonomy(ros, start_node):
     gate = start_node("command_gate", "gate.yaml")
     rig = Rig(ros)
@@ -135,9 +176,9 @@ def test_stop_latch_holds_and_blocks_everything_until_reset(ros, start_node):
     # A rejected command logs a throttled warning; the stop's warning must not crash the gate after it
     # (rclpy's deprecated Logger.warn() shares one call site between both and raised here).
     rig.auto_arr.publish(Float64MultiArray(data=[float("nan")] * 3))
-    assert gate.wait_output("dropping autonomy command", 5), gate.output
+    assert rig.wait_log(gate, "dropping autonomy command"), gate.output
     n0 = len(rig.out)
-    rig.stop.publish(Bool(data=True))
+    rig.set_stop(True)
     rig.stream(rig.auto, lambda: traj(AUTO), 0.3)
     rig.stream(rig.teleop, lambda: traj([0.7, 0.7, 0.7]), 0.5)
     after = [rig.positions(m) for _, m in rig.out[n0:]]
@@ -148,7 +189,7 @@ def test_stop_latch_holds_and_blocks_everything_until_reset(ros, start_node):
     res = rig.engage()
     assert not res.success and "stop" in res.message
     # Reset (the monitor publishes False): still disengaged, nothing forwarded until re-engaged.
-    rig.stop.publish(Bool(data=False))
+    rig.set_stop(False)
     n1 = len(rig.out)
     rig.stream(rig.auto, lambda: traj(AUTO), 0.5)
     assert AUTO not in [rig.positions(m) for _, m in rig.out[n1:]]
@@ -266,6 +307,7 @@ def test_forward_command_controller_and_missing_monitor(ros, start_node):
     assert [0.4, 0.4, 2.4] in got, "forwarded as Float64MultiArray, clipped to the joint limits"
     # The monitor disappears: autonomy is disengaged and the arm holds.
     n0 = len(rig.out)
+    rig.monitor_on = False
     ros.node.destroy_publisher(rig.stop)
     rig.stream(rig.auto_arr, lambda: Float64MultiArray(data=[0.4, 0.4, 0.4]), 1.0)
     after = [list(m.data) for _, m in rig.out[n0:]]
@@ -284,7 +326,7 @@ def test_a_hold_due_while_blind_is_placed_when_joint_states_return(ros, start_no
     rig.stream(rig.auto_arr, lambda: Float64MultiArray(data=AUTO), 0.5)
     rig.joint_states_on = False
     rig.stream(rig.auto_arr, lambda: Float64MultiArray(data=AUTO), 1.0)
-    rig.stop.publish(Bool(data=True))  # the monitor stops while the gate cannot see the arm
+    rig.set_stop(True)  # the monitor stops while the gate cannot see the arm
     ros.spin_for(0.5)
     assert rig.state()["mode"] == "stopped" and rig.state()["hold_position"] is None
     n0 = len(rig.out)
@@ -298,12 +340,126 @@ def test_a_hold_due_while_blind_is_placed_when_joint_states_return(ros, start_no
     assert gate.alive()
 
 
+def finite(msg):
+    """Every number the controller gets is finite."""
+    if isinstance(msg, Float64MultiArray):
+        return all(math.isfinite(x) for x in msg.data)
+    return all(math.isfinite(x) for p in msg.points for x in (*p.positions, *p.velocities))
+
+
+def test_non_finite_joint_states_and_teleop_velocities_never_reach_the_controller(ros, start_node):
+    gate = start_node("command_gate", "gate.yaml")
+    rig = Rig(ros)
+    rig.wait_up(gate)
+    assert rig.engage().success
+    rig.stream(rig.auto, lambda: traj(AUTO), 0.5)
+    assert rig.state()["mode"] == "autonomy"
+    # joint_state_broadcaster publishes NaN for a joint without a position interface; the planner goes on.
+    n0 = len(rig.out)
+    rig.measured = [0.1, float("nan"), 0.3]
+    rig.stream(rig.auto, lambda: traj(AUTO), 1.2)
+    after = [m for _, m in rig.out[n0:]]
+    assert all(finite(m) for m in after), [list(m.points[0].positions) for m in after if m.points]
+    hold = next(i for i, m in enumerate(after) if not m.points or rig.positions(m) != AUTO)
+    assert not after[hold].points and after[hold + 1:] == [], "a blind hold (empty trajectory), then nothing"
+    st = rig.state()
+    assert st["mode"] == "hold" and "joint states" in st["reason"] and st["hold_position"] is None, st
+    assert rig.wait_log(gate, "ignoring joint_states with non-finite positions"), gate.output
+    # Teleop with non-finite velocities is dropped like non-finite positions.
+    bad = traj([0.1, -0.2, 0.3])
+    bad.points[0].velocities = [float("nan"), float("inf"), 0.0]
+    n1 = len(rig.out)
+    rig.stream(rig.teleop, lambda: bad, 0.3)
+    assert rig.out[n1:] == [], [m.points[0].velocities for _, m in rig.out[n1:]]
+    assert gate.wait_output("dropping teleop command: non-finite velocity", 5), gate.output
+    assert gate.alive()
+
+
+def test_a_backward_clock_jump_holds_and_disengages(ros, start_node):
+    gate = start_node("command_gate", "gate.yaml", {"use_sim_time": True})
+    rig = Rig(ros, sim_time=True)  # /clock from 100 s
+    rig.wait_up(gate)
+    assert rig.engage().success
+    rig.stream(rig.auto, lambda: traj(AUTO), 0.5)
+    assert rig.state()["mode"] == "autonomy"
+    # /sim/reset: /clock restarts at 0; the planner is dead from here on, joint states and the monitor go on.
+    n0 = len(rig.out)
+    rig.jump_clock(0.0)
+    ros.spin_for(1.0)
+    after = [m for _, m in rig.out[n0:]]
+    assert after, "a hold after the jump"
+    assert AUTO not in [rig.positions(m) for m in after if m.points], "no stale command after the jump"
+    assert np.allclose(rig.positions(after[-1]), MEASURED), "held where the arm is"
+    st = rig.state()
+    assert st["mode"] == "hold" and not st["engaged"] and "clock jumped back" in st["reason"], st
+    # Nothing from before the jump blocks a re-engage: autonomy resumes on fresh commands.
+    assert rig.engage().success
+    rig.stream(rig.auto, lambda: traj(AUTO), 0.5)
+    assert rig.positions(rig.out[-1][1]) == AUTO and rig.state()["mode"] == "autonomy"
+
+
+def test_a_silent_monitor_disengages_and_holds(ros, start_node):
+    gate = start_node("command_gate", "gate.yaml")  # monitor_timeout 0.5 s
+    rig = Rig(ros)
+    rig.wait_up(gate)
+    assert rig.engage().success
+    rig.stream(rig.auto, lambda: traj(AUTO), 0.5)
+    assert rig.state()["mode"] == "autonomy"
+    # The monitor hangs (or was SIGKILLed): its publisher is still counted, but it no longer republishes.
+    n0, t_silent = len(rig.out), time.monotonic()
+    rig.monitor_on = False
+    rig.stream(rig.auto, lambda: traj(AUTO), 1.0)
+    after = [(t, rig.positions(m)) for t, m in rig.out[n0:]]
+    hold = next((i for i, (_, p) in enumerate(after) if p != AUTO), None)
+    assert hold is not None, "a hold once the monitor fell silent"
+    assert np.allclose(after[hold][1], MEASURED) and after[hold + 1:] == [], after
+    assert after[hold][0] - t_silent < 0.5 + 0.3, f"held {after[hold][0] - t_silent:.2f} s after the monitor fell silent"
+    reason = "surprise monitor silent for more than 0.5 s"
+    st = rig.state()
+    assert st["mode"] == "hold" and not st["engaged"] and reason in st["reason"], st
+    res = rig.engage()
+    assert not res.success and reason in res.message, res.message
+    rig.monitor_on = True  # back: engaging works again
+    ros.spin_for(0.2)
+    assert rig.engage().success
+
+
+def test_autonomy_planned_from_a_stale_frame_is_not_forwarded(ros, start_node):
+    gate = start_node("command_gate", "gate.yaml")  # autonomy_max_age 0.3 s
+    rig = Rig(ros)
+    rig.wait_up(gate)
+    assert rig.engage().success
+    stale = [0.2, -0.1, 0.25]
+
+    def stamped(positions, age):
+        """The planner stamps its plan with the camera frame it came from: `age` s ago."""
+        msg = traj(positions)
+        msg.header.stamp = (ros.node.get_clock().now() - Duration(nanoseconds=int(age * 1e9))).to_msg()
+        return msg
+
+    # A planner that takes 0.4 s per plan, and one whose clock runs 1 s ahead: neither may move the arm.
+    rig.stream(rig.auto, lambda: stamped(stale, 0.4), 0.5)
+    rig.stream(rig.auto, lambda: stamped(stale, -1.0), 0.3)
+    assert [m for _, m in rig.out if m.points and rig.positions(m) == stale] == []
+    assert rig.state()["mode"] == "hold"
+    assert rig.wait_log(gate, "dropping autonomy command: planned from a frame 0.4"), gate.output
+    assert rig.wait_log(gate, "in the future of the gate's clock"), gate.output
+    # Fresh frames are forwarded, with a zero stamp: the controller starts them on receipt.
+    n0 = len(rig.out)
+    rig.stream(rig.auto, lambda: stamped(AUTO, 0.05), 0.5)
+    forwarded = [m for _, m in rig.out[n0:] if rig.positions(m) == AUTO]
+    assert forwarded and rig.state()["mode"] == "autonomy"
+    assert all(m.header.stamp.sec == 0 and m.header.stamp.nanosec == 0 for _, m in rig.out), "output stamps are zero"
+
+
 @pytest.mark.parametrize("overrides,needle", [
     ({"controller_type": "velocity"}, "controller_type"),
     ({"joint_names": ["a", "b"], "joint_lower_limits": [0.0], "joint_upper_limits": [1.0]}, "joint_lower_limits"),
     ({"autonomy_timeout": -1.0}, "autonomy_timeout"),
     ({"autonomy_max_speed": -3.0}, "autonomy_max_speed"),
     ({"autonomy_blocked_timeout": -1.0}, "autonomy_blocked_timeout"),
+    ({"monitor_timeout": -0.5}, "monitor_timeout"),
+    ({"autonomy_max_age": -0.3}, "autonomy_max_age"),
     ({"stuck_joint_still": 0.0}, "stuck_joint_still"),
     ({"teleop_timeout": "soon"}, "teleop_timeout"),
 ])

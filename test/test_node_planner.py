@@ -94,15 +94,31 @@ def test_malformed_frames_are_logged_and_dropped(ros, start_node, tiny_checkpoin
     node, rig = _up(ros, start_node, tiny_checkpoint)
     rig.frame()
     assert ros.call(Trigger, "/planner/capture_goal", Trigger.Request()).success
+    rig.frame(Image(encoding="yuv422", height=2, width=3, step=6, data=bytes(12)))  # OpenCV raises cv2.error on it
+    assert node.wait_output("dropping frame: yuv422 image has odd width 3", 5), node.output
     truncated = image_msg_from_rgb(scene(1))
     truncated.data = bytes(truncated.data)[:1000]
-    rig.frame(truncated)
-    assert node.wait_output("dropping frame", 5), node.output
+    rig.frame(truncated)  # dropped too (its log line is throttled)
     n = len(rig.traj)
     rig.frame()
     rig.frame()
     assert ros.spin_until(lambda: len(rig.traj) > n, 5), node.output
     assert node.alive()
+
+
+def test_trajectories_carry_the_stamp_of_the_frame_they_were_planned_from(ros, start_node, tiny_checkpoint):
+    # The gate drops plans whose frame is older than its autonomy_max_age: a slow plan must not look fresh.
+    node, rig = _up(ros, start_node, tiny_checkpoint)
+    rig.frame()
+    assert ros.call(Trigger, "/planner/capture_goal", Trigger.Request()).success
+    for _ in range(4):
+        rig.frame()  # stamped 500 s + k: long before now
+    assert ros.spin_until(lambda: len(rig.traj) >= 2, 10), node.output
+    ros.spin_for(0.3)  # each prediction follows its command
+    predicted = {stamp_ns(m.header.stamp) for _, m in rig.pred}
+    for _, t in rig.traj:
+        assert stamp_ns(t.header.stamp) in rig.stamps, f"stamp {stamp_ns(t.header.stamp)} is no camera frame's"
+        assert stamp_ns(t.header.stamp) in predicted, "the command and its prediction come from the same frame"
 
 
 def png(k):

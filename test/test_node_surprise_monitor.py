@@ -185,7 +185,8 @@ def test_malformed_frames_are_reported_and_the_monitor_survives(ros, start_node,
     truncated.data = bytes(truncated.data)[:100]
     wrong_size = image_msg_from_rgb(np.zeros((32, 32, 3), np.uint8))
     wrong_size.height = 64
-    for msg in (wrong_encoding, truncated, wrong_size):
+    odd_yuv = Image(encoding="yuv422", height=2, width=3, step=6, data=bytes(12))  # OpenCV raises cv2.error on it
+    for msg in (wrong_encoding, truncated, wrong_size, odd_yuv):
         cam.pub.publish(msg)
         ros.spin_for(0.15)
     before = len(cam.observed)
@@ -195,11 +196,106 @@ def test_malformed_frames_are_reported_and_the_monitor_survives(ros, start_node,
     assert "xyz42" in mon.output, "the log names the problem"
     assert len(cam.observed) >= before + 4, "good frames after bad ones are still encoded"
     assert ros.spin_until(lambda: any(
-        kv.key == "malformed_frames" and int(kv.value) >= 3 for _, d in cam.diags for s in d.status for kv in s.values), 3)
+        kv.key == "malformed_frames" and int(kv.value) >= 4 for _, d in cam.diags for s in d.status for kv in s.values), 3)
+
+
+def test_the_frozen_frame_check_sees_the_arm_when_a_gripper_publishes_joint_states_too(ros, start_node, tiny_checkpoint):
+    # Arm and gripper drivers publish /joint_states separately; the gripper's message (with no position
+    # reading) must not hide the arm's joints from the check.
+    mon = _start(start_node, tiny_checkpoint, camera_timeout=5.0)
+    cam = Camera(ros)
+    arm = ros.node.create_publisher(JointState, "/joint_states", 10)
+    gripper = ros.node.create_publisher(JointState, "/joint_states", 10)
+    assert ros.spin_until(lambda: ros.node.count_subscribers("/joint_states") > 0, 15), mon.output
+    q = 0.0
+    for k in range(14):
+        cam.frozen = k >= 4  # a live camera first, then one picture while the arm moves on
+        q += 0.01
+        arm.publish(JointState(name=["shoulder", "elbow"], position=[q, 0.5]))
+        ros.spin_for(0.02)
+        gripper.publish(JointState(name=["gripper"], position=[float("nan")]))
+        ros.spin_for(0.02)
+        cam.run(1, answer=False)
+        if cam.stopped():
+            break
+    assert ros.spin_until(cam.stopped, 2), mon.output
+    assert mon.wait_output("repeated a frame while the joints moved", 3), mon.output
+
+
+def test_the_stop_topic_is_republished_as_a_heartbeat_and_stays_latched(ros, start_node, tiny_checkpoint):
+    # The gate takes a quiet stop topic for a dead monitor, so the state comes at 20 Hz, not only on changes.
+    mon = _start(start_node, tiny_checkpoint, startup_grace=3.0)
+    cam = Camera(ros)
+    assert ros.spin_until(cam.stopped, 10), mon.output  # no camera at all: latched after startup_grace
+    first_true = next(i for i, (_, m) in enumerate(cam.stops) if m.data)
+    assert first_true >= 10, f"only {first_true} 'false' messages in about 2 s before the latch"
+    n = len(cam.stops)
+    ros.spin_for(1.0)
+    assert len(cam.stops) - n >= 10, f"{len(cam.stops) - n} messages in 1 s while latched"
+    assert all(m.data for _, m in cam.stops[first_true:]), "once latched, only ~/reset clears it"
+
+
+def test_scoring_resumes_after_the_sim_clock_restarts(ros, start_node, tiny_checkpoint):
+    # /sim/reset starts /clock again at 0: what the monitor keyed by the old stamps must not keep every newer
+    # prediction from being scored.
+    from rosgraph_msgs.msg import Clock
+
+    mon = _start(start_node, tiny_checkpoint, use_sim_time=True, score_only_in_autonomy=True, camera_timeout=5.0)
+    cam = Camera(ros)
+    clock = ros.node.create_publisher(Clock, "/clock", 10)
+    gate = ros.node.create_publisher(String, "/command_gate/state", LATCHED_QOS)
+    assert ros.spin_until(lambda: ros.node.count_subscribers("/camera/image_raw") > 0, 15)
+
+    def run(frames):
+        for _ in range(frames):
+            ns = cam.t0 + int(cam.k * DT * 1e9)
+            clock.publish(Clock(clock=Time(sec=ns // 10**9, nanosec=ns % 10**9)))
+            cam.run(1)
+
+    cam.t0 = 10**9
+    run(3)
+    gate.publish(String(data=json.dumps({"mode": "autonomy", "engaged": True})))
+    run(6)
+    assert cam.scores and not cam.stopped(), mon.output
+    cam.t0, cam.k, cam.offset = 2 * 10**8, 0, 1.0  # the clock restarts behind, the world now surprises
+    run(8)
+    assert cam.stopped(), mon.output
+    assert mon.wait_output("PROTECTIVE STOP latched: surprise", 3), mon.output
+
+
+def test_a_planner_slower_than_the_gate_is_still_scored(ros, start_node, tiny_checkpoint):
+    # Plans take 0.4 s, longer than the gate's autonomy_timeout: the engaged gate holds between commands and
+    # forwards each late one. Scoring must follow the engagement, not restart at each hold (which would skip
+    # every prediction, all made from frames older than the restart).
+    mon = _start(start_node, tiny_checkpoint, score_only_in_autonomy=True, camera_timeout=5.0)
+    cam = Camera(ros)
+    gate = ros.node.create_publisher(String, "/command_gate/state", LATCHED_QOS)
+    assert ros.spin_until(lambda: ros.node.count_subscribers("/camera/image_raw") > 0, 15)
+    state = lambda mode: gate.publish(String(data=json.dumps({"mode": mode, "engaged": True})))  # noqa: E731
+    for k in range(40):
+        cam.run(1, answer=False)  # frame k
+        if k >= 4 and k % 4 == 0:  # a plan from frame k - 4 arrives: the gate forwards it
+            state("autonomy")
+            src = cam.t0 + int((k - 4) * DT * 1e9)
+            cam.pred.publish(vector_msg(np.full(16, 100.0), stamp=Time(sec=src // 10**9, nanosec=src % 10**9)))
+        elif k >= 4 and k % 4 == 3:  # 0.3 s without a command: the gate holds
+            state("hold")
+        if cam.stopped():
+            break
+    assert cam.stopped(), mon.output
+    assert cam.scores and mon.wait_output("PROTECTIVE STOP latched: surprise", 3), mon.output
+
+
+def test_a_misspelt_parameter_refuses_to_start_and_names_the_right_one(start_node, tiny_checkpoint):
+    mon = start_node("surprise_monitor", "monitor.yaml", {"model": str(tiny_checkpoint), "prediction_timout": 5.0})
+    assert mon.proc.wait(timeout=60) == 2, mon.output
+    assert "parameter 'prediction_timout' (did you mean 'prediction_timeout'?) is not a parameter" in mon.output, mon.output
 
 
 @pytest.mark.parametrize("over,needle", [
     ({"model": "/nonexistent/model.safetensors"}, "parameter 'model'"),
+    ({"threshold": ".inf"}, "parameter 'threshold' is inf"),  # would never trip
+    ({"prediction_timeout": ".inf"}, "parameter 'prediction_timeout' is inf"),
     ({"camera_timeout": 0.0}, "parameter 'camera_timeout'"),
     ({"prediction_dt": 0.2}, "parameter 'prediction_dt'"),  # the checkpoint predicts 0.1 s steps
     ({"image_transport": "theora"}, "parameter 'image_transport'"),

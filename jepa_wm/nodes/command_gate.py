@@ -7,8 +7,18 @@ priority and a timeout. The freshest highest-priority input wins; any teleop
 message pre-empts autonomy (and, by default, disengages it: autonomy needs an
 explicit re-engage after a human took over). Autonomy is forwarded only while
 engaged (`~/engage`, std_srvs/SetBool), no protective stop is latched on the
-stop topic, and (by default) the stop topic has a live publisher, i.e. the
-monitor is running.
+stop topic, and (by default) the monitor is alive: the stop topic has a
+publisher and a message on it arrived within `monitor_timeout` (the monitor
+republishes its stop state at 20 Hz, so a killed or hung monitor falls silent).
+An autonomy JointTrajectory whose header.stamp (the camera frame it was planned
+from) is more than `autonomy_max_age` away from the gate's clock is dropped:
+a slow planner leads to a hold, never to stale motion. Float64MultiArray has
+no header; that input is judged by receipt time only.
+
+Joint states with a non-finite position for any of the gate's joints do not
+count as a measurement. A receipt time in the future of the gate's clock (the
+clock jumped back: /sim/reset restarts /clock, an NTP step) is stale: the gate
+forgets what it received before the jump and, if engaged, disengages.
 
 Autonomy may lead the measured joints only so far (`autonomy_max_speed`); when
 every autonomy command has been bounded for `autonomy_blocked_timeout`, the arm
@@ -17,11 +27,13 @@ joint that stops while autonomy moves its command on (`stuck_joint_*`,
 core.checks.StuckJointCheck) disengages it within two control steps.
 
 Whenever output stops being forwarded (stop, disengage, the active input goes
-stale, the monitor disappears, the joint states go stale) the gate publishes
-one HOLD at the measured joint position captured at that moment; without fresh
-joint states, an empty trajectory (on which joint_trajectory_controller holds
-where it is), and the HOLD at the measured position follows as soon as joint
-states arrive. It never replays a stale command.
+stale, the monitor disappears or falls silent, the joint states go stale) the
+gate publishes one HOLD at the measured joint position captured at that moment;
+without fresh joint states, an empty trajectory (on which
+joint_trajectory_controller holds where it is), and the HOLD at the measured
+position follows as soon as joint states arrive. It never replays a stale
+command. Output always has a zero header.stamp: joint_trajectory_controller
+then starts it on receipt, on its own clock.
 Commands received before an engage, or older than the input timeout, are
 dropped. `~/state` (std_msgs/String, JSON, latched) tells the planner and the
 monitor what the gate is doing, so engaging is bumpless: the planner restarts
@@ -57,6 +69,12 @@ from jepa_wm.nodes.common import (
 CONTROLLER_TYPES = ("joint_trajectory", "forward_command")
 
 
+def fresh(last_ns: int | None, timeout: float, now_ns: int) -> bool:
+    """Received within `timeout` s. A receipt time in the future means the clock jumped back (/sim/reset
+    restarts /clock, an NTP step): stale, or every watchdog would count it fresh until the clock caught up."""
+    return last_ns is not None and 0 <= now_ns - last_ns <= timeout * 1e9
+
+
 class Input:
     """One command source: priority, timeout and its last accepted command (positions per joint)."""
 
@@ -67,7 +85,7 @@ class Input:
         self.count = 0
 
     def fresh(self, now_ns: int) -> bool:
-        return self.last_ns is not None and now_ns - self.last_ns <= self.timeout * 1e9
+        return fresh(self.last_ns, self.timeout, now_ns)
 
     def clear(self):
         self.last_ns, self.trajectory = None, None
@@ -88,6 +106,7 @@ class CommandGate(Node):
         self.stop_reason = ""
         self.measured: np.ndarray | None = None
         self.measured_ns: int | None = None
+        self.monitor_ns: int | None = None  # receipt time of the last message on the stop topic
         self.mode = "hold"  # hold | teleop | autonomy | stopped
         self.reason = "starting: autonomy disengaged"
         self.hold_position: list | None = None
@@ -122,7 +141,8 @@ class CommandGate(Node):
             f"gate up: output {self.out.topic_name} ({p['controller_type']}), joints {self.joint_names}, "
             f"teleop '{p['teleop_topic']}' (priority {p['teleop_priority']}, {p['teleop_timeout']} s), "
             f"autonomy '{p['autonomy_topic']}' (priority {p['autonomy_priority']}, {p['autonomy_timeout']} s), "
-            f"stop latch '{p['stop_topic']}'"
+            f"stop latch '{p['stop_topic']}' (monitor_timeout {p['monitor_timeout']} s), "
+            f"autonomy_max_age {p['autonomy_max_age']} s"
         )
 
     # ------------------------------------------------------------------ parameters
@@ -144,6 +164,8 @@ class CommandGate(Node):
             "autonomy_topic": d("autonomy_topic", "~/autonomy", "autonomy (planner) input namespace"),
             "autonomy_priority": d("autonomy_priority", 10, "autonomy priority (higher wins)"),
             "autonomy_timeout": d("autonomy_timeout", 0.3, "autonomy input goes stale after this many seconds: hold"),
+            "autonomy_max_age": d("autonomy_max_age", 0.3, "an autonomy JointTrajectory whose non-zero header.stamp (its "
+                                  "camera frame) is further than this many seconds from now is dropped; 0 = off"),
             "autonomy_max_speed": d("autonomy_max_speed", 3.0, "an autonomy point may lead the measured position by at most this "
                                     "(rad/s) x (its time_from_start + the measurement's age); 0 = no limit"),
             "autonomy_blocked_timeout": d("autonomy_blocked_timeout", 1.0,
@@ -154,7 +176,11 @@ class CommandGate(Node):
             "stuck_joint_still": d("stuck_joint_still", 0.001, "rad a joint must move (since it last did) to count as moving"),
             "stuck_joint_steps": d("stuck_joint_steps", 2, "stuck control steps in a row that disengage autonomy and hold"),
             "stop_topic": d("stop_topic", DEFAULT_STOP_TOPIC, "latched protective stop (std_msgs/Bool, transient local)"),
-            "require_monitor": d("require_monitor", True, "forward autonomy only while the stop topic has a publisher"),
+            "require_monitor": d("require_monitor", True, "forward autonomy only while the stop topic has a publisher "
+                                 "(and, with monitor_timeout, a recent message)"),
+            "monitor_timeout": d("monitor_timeout", 0.5, "with require_monitor: no message on the stop topic for this "
+                                 "many seconds disengages autonomy and holds (the monitor republishes at 20 Hz); "
+                                 "0 = the publisher count only"),
             "joint_states_topic": d("joint_states_topic", "/joint_states", "measured joint positions"),
             "joint_states_timeout": d("joint_states_timeout", 0.5, "joint states older than this block engaging and hold autonomy"),
             "command_duration": d("command_duration", 0.1, "time_from_start (s) given to a Float64MultiArray forwarded as a trajectory"),
@@ -167,6 +193,8 @@ class CommandGate(Node):
         require(len(set(p["joint_names"])) == len(p["joint_names"]), "joint_names", "has duplicates")
         for k in ("teleop_timeout", "autonomy_timeout", "joint_states_timeout", "rate", "command_duration"):
             require(p[k] > 0 and math.isfinite(p[k]), k, f"is {p[k]}; it must be a positive number")
+        for k in ("monitor_timeout", "autonomy_max_age"):
+            require(p[k] >= 0 and math.isfinite(p[k]), k, f"is {p[k]}; it must be >= 0 s (0 = off)")
         require(p["autonomy_max_speed"] >= 0 and math.isfinite(p["autonomy_max_speed"]), "autonomy_max_speed",
                 f"is {p['autonomy_max_speed']}; it must be >= 0 rad/s (0 = no limit)")
         require(p["stuck_joint_lead"] >= 0 and math.isfinite(p["stuck_joint_lead"]), "stuck_joint_lead",
@@ -187,6 +215,8 @@ class CommandGate(Node):
         return self.get_clock().now().nanoseconds
 
     def _on_trajectory(self, name: str, msg: JointTrajectory):
+        if name == "autonomy" and self._too_old(msg):
+            return
         if not msg.points:
             self._reject(name, "empty trajectory (no points)")
             return
@@ -213,8 +243,29 @@ class CommandGate(Node):
             q = JointTrajectoryPoint(positions=self._clip(pos).tolist(), time_from_start=pt.time_from_start)
             if len(pt.velocities) == len(msg.joint_names):
                 q.velocities = [float(pt.velocities[i]) for i in index]
+                if not all(math.isfinite(v) for v in q.velocities):
+                    self._reject(name, "non-finite velocity")
+                    return
             out.points.append(q)
         self._accept(name, out)
+
+    def _too_old(self, msg: JointTrajectory) -> bool:
+        """A plan from an old camera frame is stale motion, however recently it arrived (a planner slower than
+        autonomy_timeout would otherwise have each late plan forwarded as fresh). A zero stamp: receipt time only."""
+        max_age, stamp = self.p["autonomy_max_age"], stamp_ns(msg.header.stamp)
+        if max_age <= 0 or stamp == 0:
+            return False
+        age = (self._now() - stamp) * 1e-9
+        if abs(age) <= max_age:
+            return False
+        log = self.get_logger()
+        if age > 0:
+            log.warning(f"dropping autonomy command: planned from a frame {age:.3f} s old (autonomy_max_age "
+                        f"{max_age} s): is the planner too slow?", throttle_duration_sec=2.0)
+        else:
+            log.warning(f"dropping autonomy command: stamped {-age:.3f} s in the future of the gate's clock "
+                        f"(autonomy_max_age {max_age} s): do the clocks agree?", throttle_duration_sec=2.0)
+        return True
 
     def _on_array(self, name: str, msg: Float64MultiArray):
         pos = np.asarray(msg.data, dtype=float)
@@ -241,7 +292,7 @@ class CommandGate(Node):
         limited = False
         if v <= 0 or self.measured is None:
             return limited
-        age = min((now - self.measured_ns) * 1e-9, self.p["joint_states_timeout"])
+        age = min(max(now - self.measured_ns, 0) * 1e-9, self.p["joint_states_timeout"])
         for pt in traj.points:
             t = max(stamp_ns(pt.time_from_start) * 1e-9, self.p["command_duration"]) + age
             pos = np.asarray(pt.positions)
@@ -296,6 +347,7 @@ class CommandGate(Node):
             self._forward(traj)
 
     def _on_stop(self, msg: Bool):
+        self.monitor_ns = self._now()  # any message is a heartbeat: the monitor republishes its state
         if bool(msg.data) != self.stopped:
             self.stopped = bool(msg.data)
             self.get_logger().warning("protective stop latched" if self.stopped else "protective stop cleared")
@@ -310,6 +362,12 @@ class CommandGate(Node):
         except (ValueError, IndexError):
             self.get_logger().warning(f"joint_states {list(msg.name)} lack some of {self.joint_names}",
                                       throttle_duration_sec=5.0)
+            return
+        if not np.all(np.isfinite(pos)):
+            # joint_state_broadcaster sends NaN for a joint without a position interface (or a faulted encoder):
+            # not a measurement. It would make the lead limit and the HOLD NaN; staleness holds instead.
+            self.get_logger().warning(f"ignoring joint_states with non-finite positions "
+                                      f"{dict(zip(self.joint_names, pos.tolist()))}", throttle_duration_sec=2.0)
             return
         self.measured, self.measured_ns = pos, self._now()
         if self.hold_pending and self.mode in ("hold", "stopped"):
@@ -333,13 +391,43 @@ class CommandGate(Node):
         return res
 
     def _measured_fresh(self, now: int) -> bool:
-        return self.measured_ns is not None and now - self.measured_ns <= self.p["joint_states_timeout"] * 1e9
+        return fresh(self.measured_ns, self.p["joint_states_timeout"], now)
+
+    def _monitor_problem(self, now: int) -> str:
+        """Why the monitor does not count as alive ("" if it does). The publisher count alone misses a killed
+        monitor for as long as DDS keeps its publisher (~20 s with Fast DDS) and a hung one for ever."""
+        if not self.p["require_monitor"]:
+            return ""
+        if self.count_publishers(self.p["stop_topic"]) == 0:
+            return f"monitor gone: no publisher on {self.p['stop_topic']}"
+        timeout = self.p["monitor_timeout"]
+        if timeout > 0 and not fresh(self.monitor_ns, timeout, now):
+            return f"surprise monitor silent for more than {timeout} s (nothing on {self.p['stop_topic']})"
+        return ""
+
+    def _forget_future(self, now: int) -> float:
+        """After a backward clock jump, forget what was received in the future of the clock; how far (s) the
+        newest of it lay ahead, 0 if nothing did. Kept, it would stay stale (and block engaging) until the clock
+        caught up again: 100 s after a /sim/reset at 100 s."""
+        jump = 0
+        for inp in self.inputs.values():
+            if inp.last_ns is not None and inp.last_ns > now:
+                jump = max(jump, inp.last_ns - now)
+                inp.clear()
+        if self.measured_ns is not None and self.measured_ns > now:
+            jump = max(jump, self.measured_ns - now)
+            self.measured, self.measured_ns = None, None
+        if self.monitor_ns is not None and self.monitor_ns > now:
+            jump = max(jump, self.monitor_ns - now)
+            self.monitor_ns = None
+        return jump * 1e-9
 
     def _engage_problem(self, now: int) -> str:
         if self.stopped:
             return f"protective stop latched on {self.p['stop_topic']}; reset the monitor first"
-        if self.p["require_monitor"] and self.count_publishers(self.p["stop_topic"]) == 0:
-            return f"no monitor publishes {self.p['stop_topic']}"
+        problem = self._monitor_problem(now)
+        if problem:
+            return problem
         if not self._measured_fresh(now):
             return f"no fresh joint states on {self.p['joint_states_topic']}"
         if self.inputs["teleop"].fresh(now):
@@ -347,7 +435,8 @@ class CommandGate(Node):
         return ""
 
     def _set_engaged(self, engaged: bool, why: str):
-        if engaged != self.engaged:
+        changed, self.reason = engaged != self.engaged, why
+        if changed:
             self.engaged = engaged
             self.engaged_ns = self._now()
             self.limited_since = None
@@ -356,20 +445,29 @@ class CommandGate(Node):
             # Only commands sent after this engage are forwarded: never a stale one from before.
             self.inputs["autonomy"].clear()
             self.get_logger().info(f"autonomy {'engaged' if engaged else 'disengaged'}: {why}")
-        self.reason = why
+            # Also while the mode stays (a hold): the monitor scores while engaged.
+            self._publish_state(why)
 
     # ------------------------------------------------------------------ arbitration
 
     def _choose(self, now: int):
         """(mode, reason): which input is forwarded now, or why the gate holds."""
+        jump = self._forget_future(now)
+        if jump > 0:
+            self.get_logger().warning(f"the clock jumped back by at least {jump:.3f} s: what arrived before the jump "
+                                      f"is forgotten", throttle_duration_sec=2.0)
+            if self.engaged:  # at once, rather than as the monitor's heartbeat, forgotten too, happens to lapse
+                self._set_engaged(False, f"the clock jumped back by at least {jump:.3f} s: inputs from before the "
+                                         f"jump are stale")
         if self.stopped:
             return "stopped", "protective stop latched"
         candidates = []
         if self.inputs["teleop"].fresh(now):
             candidates.append(self.inputs["teleop"])
         if self.engaged:
-            if self.p["require_monitor"] and self.count_publishers(self.p["stop_topic"]) == 0:
-                self._set_engaged(False, f"monitor gone: no publisher on {self.p['stop_topic']}")
+            monitor = self._monitor_problem(now)
+            if monitor:
+                self._set_engaged(False, monitor)
             elif self.inputs["autonomy"].fresh(now) and self._measured_fresh(now):
                 candidates.append(self.inputs["autonomy"])
         if candidates:
@@ -406,7 +504,8 @@ class CommandGate(Node):
     def _forward(self, traj: JointTrajectory):
         self.forwarded += 1
         if self.p["controller_type"] == "joint_trajectory":
-            traj.header.stamp = self.get_clock().now().to_msg()
+            # header.stamp stays zero: joint_trajectory_controller starts a zero-stamped trajectory on receipt,
+            # on its own clock; any other stamp (the planner's frame, a clock that disagrees) shifts its start.
             self.out.publish(traj)
         else:
             self.out.publish(Float64MultiArray(data=list(traj.points[0].positions)))
@@ -419,7 +518,6 @@ class CommandGate(Node):
             if self.p["controller_type"] == "joint_trajectory":
                 # An empty trajectory makes joint_trajectory_controller stop and hold where it is.
                 msg = JointTrajectory(joint_names=list(self.joint_names))
-                msg.header.stamp = self.get_clock().now().to_msg()
                 self.out.publish(msg)
             self.get_logger().warning(f"HOLD ({why}) without a fresh measured position")
             return
@@ -428,8 +526,7 @@ class CommandGate(Node):
         if self.p["controller_type"] == "joint_trajectory":
             pt = JointTrajectoryPoint(positions=self.hold_position, velocities=[0.0] * len(pos),
                                       time_from_start=seconds(self.p["command_duration"]).to_msg())
-            msg = JointTrajectory(joint_names=list(self.joint_names), points=[pt])
-            msg.header.stamp = self.get_clock().now().to_msg()
+            msg = JointTrajectory(joint_names=list(self.joint_names), points=[pt])  # zero stamp: start now
             self.out.publish(msg)
         else:
             self.out.publish(Float64MultiArray(data=self.hold_position))
@@ -463,6 +560,7 @@ class CommandGate(Node):
             ("output", self.out.topic_name), ("forwarded", self.forwarded), ("autonomy_points_limited", self.limited),
             ("teleop_messages", self.inputs["teleop"].count), ("autonomy_messages", self.inputs["autonomy"].count),
             ("joint_states_age_s", "never" if self.measured_ns is None else f"{(now - self.measured_ns) / 1e9:.3f}"),
+            ("monitor_age_s", "never" if self.monitor_ns is None else f"{(now - self.monitor_ns) / 1e9:.3f}"),
         )]
         arr = DiagnosticArray(status=[st])
         arr.header.stamp = self.get_clock().now().to_msg()

@@ -110,6 +110,33 @@ def declare(node, name: str, default, description: str, kind: str | None = None,
     return got
 
 
+# Declared by rclpy itself (or by some ROS distros only): never a typo of ours.
+_BUILTIN_PARAMETERS = {"use_sim_time", "start_type_description_service"}
+
+
+def check_overrides(node):
+    """Refuse parameter overrides (params file, `-p`, launch) that name no parameter `node` declared.
+
+    rclpy keeps an override for an undeclared name without a word, so `-p autonomy_timout:=5.0` would leave
+    autonomy_timeout at its default. Call once the node has declared all of its parameters.
+    """
+    import difflib
+
+    declared = set(node.list_parameters([], 0).names)
+    unknown = sorted(n for n in getattr(node, "_parameter_overrides", {})
+                     if n not in declared and n not in _BUILTIN_PARAMETERS and not n.startswith("qos_overrides."))
+    if not unknown:
+        return
+    names = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, sorted(declared - _BUILTIN_PARAMETERS), n=1)
+        names.append(f"'{name}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+    many = len(unknown) > 1
+    raise ParameterError(f"{'parameters' if many else 'parameter'} {', '.join(names)} "
+                         f"{'are not parameters' if many else 'is not a parameter'} of {node.get_name()}: fix or "
+                         f"remove {'them' if many else 'it'} (config/*.yaml lists every parameter of each node)")
+
+
 def require(cond: bool, name: str, problem: str):
     """Raise ParameterError('parameter NAME ...') unless `cond`."""
     if not cond:
@@ -226,7 +253,7 @@ def vector_from_msg(msg: Image) -> np.ndarray:
 
 
 def main_for(node_factory, args=None, after_create=None) -> int:
-    """Run one node: init, build (refusing bad parameters with exit 2), spin, shut down cleanly."""
+    """Run one node: init, build (refusing bad or undeclared parameters with exit 2), spin, shut down cleanly."""
     import rclpy
     from rclpy.executors import ExternalShutdownException
 
@@ -235,6 +262,7 @@ def main_for(node_factory, args=None, after_create=None) -> int:
     try:
         try:
             node = node_factory()
+            check_overrides(node)  # every node; before after_create, which may load a model
             if after_create is not None:
                 after_create(node)
         except ParameterError as e:

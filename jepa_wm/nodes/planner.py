@@ -11,11 +11,15 @@ Per plan it publishes, all stamped with the camera frame's header:
 `~/predicted_latent` (the latent expected for the next frame if the first
 action is executed) and `~/observed_latent` (Image 32FC1 1xD, see
 jepa_wm.nodes.common), plus `~/debug_image` (current | goal, status bar).
+The JointTrajectory command carries the same frame stamp, so the gate can
+drop a plan made from a frame that is too old by the time it arrives
+(a Float64MultiArray command has no header to carry it).
 Goal: `~/goal_image` (Image topic), the `goal_image` file, or
 `~/capture_goal` (std_srvs/Trigger: the newest frame becomes the goal).
 Engaging is bumpless: when the gate's state turns to autonomy the warm start
-is dropped and the plan restarts from the measured state. A malformed frame is
-logged (throttled) with its reason and dropped.
+is dropped and the plan restarts from the measured state. A frame that fails to
+decode (malformed, or anything OpenCV rejects) is logged (throttled) with its
+reason and dropped.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from jepa_wm.nodes.common import (
     ParameterError,
     check_limits,
     check_model_step,
+    check_overrides,
     declare,
     destroy,
     image_msg_from_rgb,
@@ -129,6 +134,7 @@ class Planner(LifecycleNode):
         self.limits = check_limits(p["joint_names"], p["joint_lower_limits"], p["joint_upper_limits"])
         if p["goal_image"]:
             require(Path(p["goal_image"]).is_file(), "goal_image", f"names {p['goal_image']!r}, which is not a file")
+        check_overrides(self)
         return p
 
     # ------------------------------------------------------------------ lifecycle
@@ -246,9 +252,10 @@ class Planner(LifecycleNode):
     def _decode(self, msg, fn):
         try:
             return fn(msg)
-        except ValueError as e:
+        except Exception as e:  # not only ImageFormatError: one frame OpenCV chokes on must not kill the planner
             self.bad_frames += 1
-            self.get_logger().warning(f"dropping frame: {e}", throttle_duration_sec=2.0)
+            why = str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
+            self.get_logger().warning(f"dropping frame: {why}", throttle_duration_sec=2.0)
             return None
 
     def _on_image(self, msg):
@@ -348,7 +355,7 @@ class Planner(LifecycleNode):
         self.last_target = targets[0]
         self.plan_ms.append(1000 * (time.perf_counter() - t0))
         self.plans += 1
-        self._publish_command(targets)
+        self._publish_command(targets, header)
         self.pred_pub.publish(vector_msg(result.predicted_latents[0].numpy(), header=header))
         self.obs_pub.publish(vector_msg(z.numpy(), header=header))
         self.status = f"planning: cost {result.cost:.3g}, {self.plan_ms[-1]:.0f} ms"
@@ -363,13 +370,15 @@ class Planner(LifecycleNode):
             return self.model.normalize_actions(torch.as_tensor(self.measured, dtype=torch.float32))
         return self.last_action if hasattr(self, "last_action") else torch.zeros(self.model.cfg.action_block)
 
-    def _publish_command(self, targets):
+    def _publish_command(self, targets, header):
         names = list(self.p["joint_names"])
         if self.p["output_type"] == "forward_command":
             self.cmd_pub.publish(Float64MultiArray(data=targets[0].tolist()))
             return
         msg = JointTrajectory(joint_names=names)
-        msg.header.stamp = self.get_clock().now().to_msg()
+        # The frame's stamp, not now: the gate drops plans older than its autonomy_max_age, and sends
+        # what it forwards to the controller with a zero stamp (start on receipt).
+        msg.header.stamp = header.stamp
         for i, q in enumerate(targets):
             msg.points.append(JointTrajectoryPoint(positions=q.tolist(),
                                                    time_from_start=seconds((i + 1) * self.p["control_period"]).to_msg()))

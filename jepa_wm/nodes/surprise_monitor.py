@@ -13,10 +13,20 @@ Mahalanobis distance), or the parameters when set; a
 SurpriseDetector trips after `consecutive` frames over the threshold. A trip,
 a camera silent for `camera_timeout`, a camera that repeats its frame while
 the joints move (`frozen_frame_motion`, core.checks.FrozenFrameCheck), or
-(while the gate forwards autonomy) predictions silent for
-`prediction_timeout` latch a protective stop: True on
-the stop topic (std_msgs/Bool, reliable, transient local). Only `~/reset`
-(std_srvs/Trigger) clears it, and only when the camera is live again.
+`prediction_timeout` seconds of the gate forwarding autonomy without a single
+prediction scored latch a protective stop: True on the stop topic
+(std_msgs/Bool, reliable, transient local). Only `~/reset` (std_srvs/Trigger)
+clears it, and only when the camera is live again. The stop state is also
+republished on every 20 Hz check, so the stop topic is the monitor's heartbeat:
+the gate holds when it goes quiet.
+
+With `score_only_in_autonomy`, scoring follows the gate's `engaged` flag, not
+its mode: an engaged gate holds whenever the planner is late and forwards again
+on its next command, and restarting the scoring window on each of those would
+never score a slow planner. Predictions from frames taken before the gate
+engaged are not scored. A backward clock jump (sim reset, NTP step) drops what
+is keyed by frame stamps and restarts the watchdogs from the jump; a last-seen
+time in the future of the clock counts as stale.
 """
 
 from __future__ import annotations
@@ -27,6 +37,8 @@ import math
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.clock import JumpThreshold
+from rclpy.duration import Duration
 from rclpy.node import Node
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Bool, String
@@ -40,6 +52,7 @@ from jepa_wm.nodes.common import (
     Encoder,
     ParameterError,
     check_model_step,
+    check_overrides,
     declare,
     main_for,
     require,
@@ -66,9 +79,11 @@ class SurpriseMonitor(Node):
         self.predictions = collections.OrderedDict()  # source frame stamp ns -> predicted latent
         self.start_ns = self._now()
         self.last_frame_ns: int | None = None  # receipt time
-        self.last_prediction_ns: int | None = None
-        self.autonomy_since_ns: int | None = None  # gate forwarding autonomy since
-        self.autonomy_after_frame = -1  # stamp of the newest frame when autonomy began
+        self.engaged_since_ns: int | None = None  # scoring window (gate engaged) open since
+        self.engaged_after_frame = -1  # stamp of the newest frame when the window opened
+        self.gate_mode = ""  # the gate's last reported mode
+        self.unscored_ns = 0  # time the gate forwarded autonomy since the last scored prediction
+        self.last_tick_ns: int | None = None
         self.last_score = float("nan")
         self.scored = 0
         self.bad_frames = 0
@@ -84,6 +99,10 @@ class SurpriseMonitor(Node):
         if self.frozen is not None:
             self.create_subscription(JointState, p["joint_states_topic"], self._on_joint_states, RELIABLE_QOS)
         self.create_service(Trigger, "~/reset", self._on_reset)
+        # Any backward jump: sim time restarting at 0 (/sim/reset), or the clock switching source.
+        self._jump_handle = self.get_clock().create_jump_callback(
+            JumpThreshold(min_forward=None, min_backward=Duration(nanoseconds=-1), on_clock_change=True),
+            post_callback=self._on_time_jump)
         self.create_timer(0.05, self._check_stale)
         self.create_timer(1.0, self._diagnostics)
         self.stop_pub.publish(Bool(data=False))
@@ -105,20 +124,22 @@ class SurpriseMonitor(Node):
             "image_transport": d("image_transport", "raw", "'raw': Image on camera_topic, 'compressed': CompressedImage on <camera_topic>/compressed"),
             "predicted_topic": d("predicted_topic", "/planner/predicted_latent",
                                  "planner's predicted next latent (Image 32FC1 1xD, stamped with its source frame)"),
-            "gate_state_topic": d("gate_state_topic", "/command_gate/state", "gate state (JSON String): predictions are required while it forwards autonomy"),
-            "stop_topic": d("stop_topic", DEFAULT_STOP_TOPIC, "latched protective stop output (Bool, transient local)"),
+            "gate_state_topic": d("gate_state_topic", "/command_gate/state",
+                                  "gate state (JSON String): scoring while it is engaged, scored predictions required while it forwards autonomy"),
+            "stop_topic": d("stop_topic", DEFAULT_STOP_TOPIC,
+                            "latched protective stop output (Bool, transient local), republished at 20 Hz as the monitor's heartbeat"),
             "threshold": d("threshold", 0.0, "surprise threshold on the normalised score; 0 = checkpoint calibration"),
             "consecutive": d("consecutive", 0, "frames over threshold in a row that trip the stop; 0 = checkpoint calibration"),
             "scale": d("scale", 0.0, "nominal prediction error the score is divided by; 0 = checkpoint calibration"),
             "instant": d("instant", 0.0, "one score above instant x threshold trips at once; 0 = checkpoint calibration (or 3)"),
             "score_only_in_autonomy": d("score_only_in_autonomy", True,
-                                        "score only while the gate forwards autonomy (teleop and hold moves are not what the planner predicted)"),
+                                        "score only while the gate is engaged (teleop moves are not what the planner predicted)"),
             "prediction_dt": d("prediction_dt", 0.1, "seconds between a prediction's source frame and the frame it predicts"),
             "match_tolerance": d("match_tolerance", 0.03, "seconds a frame stamp may differ from the predicted frame time"),
             "camera_timeout": d("camera_timeout", 1.0, "seconds without a camera frame that latch a stop"),
             "startup_grace": d("startup_grace", 10.0, "seconds after start before a missing camera latches a stop"),
             "prediction_timeout": d("prediction_timeout", 1.0,
-                                    "seconds without predictions, while the gate forwards autonomy, that latch a stop; 0 disables"),
+                                    "seconds of the gate forwarding autonomy without a scored prediction that latch a stop; 0 disables"),
             "joint_states_topic": d("joint_states_topic", "/joint_states", "measured joint positions (JointState), for the frozen-frame check"),
             "frozen_frame_motion": d("frozen_frame_motion", 0.02,
                                      "rad the joints may move while the camera repeats a frame before a stop latches; 0 disables"),
@@ -133,7 +154,11 @@ class SurpriseMonitor(Node):
                 f"is {p['frozen_frame_motion']}; it must be >= 0 rad (0 disables the check)")
         for k in ("threshold", "scale", "consecutive", "instant"):
             require(p[k] >= 0, k, f"is {p[k]}; it must be >= 0 (0 = use the checkpoint's calibration)")
+        # An infinite threshold or scale would never trip, an infinite timeout never fire: a stop silently off.
+        for k in ("threshold", "scale", "instant", "prediction_timeout"):
+            require(math.isfinite(p[k]), k, f"is {p[k]}; it must be a finite number")
         require(p["torch_threads"] >= 1, "torch_threads", "must be >= 1")
+        check_overrides(self)  # before loading the model: a misspelt name is refused at once
         self.p = p
         return p
 
@@ -185,9 +210,10 @@ class SurpriseMonitor(Node):
     def _on_frame(self, msg, decode):
         try:
             rgb = decode(msg)
-        except ValueError as e:
+        except Exception as e:  # not only ImageFormatError: one frame OpenCV chokes on must not kill the monitor
             self.bad_frames += 1
-            self.get_logger().warning(f"dropping camera frame: {e}", throttle_duration_sec=2.0)
+            why = str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
+            self.get_logger().warning(f"dropping camera frame: {why}", throttle_duration_sec=2.0)
             return
         self.last_frame_ns = self._now()
         if self.frozen is not None and self.frozen.update(msg.data, self.joints):
@@ -195,6 +221,12 @@ class SurpriseMonitor(Node):
                         f"{self.frozen.moved:.3f} rad: is its driver frozen?")
         z = self.encode(rgb)
         t = stamp_ns(msg.header.stamp)
+        if self.observed and t < next(reversed(self.observed)):
+            # Frame stamps went back (the camera's clock jumped): what is keyed by the old stamps would never
+            # match again, and the window's start frame would hold every newer prediction back.
+            self.get_logger().warning(f"camera stamps jumped back {(next(reversed(self.observed)) - t) / 1e9:.3f} s: "
+                                      "dropping buffered latents and predictions", throttle_duration_sec=2.0)
+            self._forget_stamps()
         self.observed[t] = z
         while len(self.observed) > 64:
             self.observed.popitem(last=False)
@@ -207,26 +239,52 @@ class SurpriseMonitor(Node):
         except ValueError as e:
             self.get_logger().warning(f"bad prediction message: {e}", throttle_duration_sec=2.0)
             z = np.full(self.latent_dim, np.nan, dtype=np.float32)  # unusable counts as surprising
-        self.last_prediction_ns = self._now()
         self.predictions[stamp_ns(msg.header.stamp)] = z
         while len(self.predictions) > 64:
             self.predictions.popitem(last=False)
         self._match()
 
     def _on_joint_states(self, msg: JointState):
-        self.joints = dict(zip(msg.name, msg.position))
+        # Per joint: an arm and a gripper may publish separately, and each message must not hide the other's.
+        for name, q in zip(msg.name, msg.position):
+            if math.isfinite(q):  # a joint without a position reading must not poison the motion measure
+                self.joints[name] = float(q)
 
     def _on_gate_state(self, msg: String):
         try:
-            mode = json.loads(msg.data).get("mode")
+            state = json.loads(msg.data)
+            mode = state.get("mode")
         except (ValueError, AttributeError):
             return
-        if mode == "autonomy" and self.autonomy_since_ns is None:
-            self.autonomy_since_ns = self._now()
+        self.gate_mode = mode
+        # The window follows `engaged`: an engaged gate flips to hold whenever the planner is late. A gate that
+        # does not report `engaged` is taken as engaged while it forwards autonomy.
+        engaged = bool(state.get("engaged", mode == "autonomy")) and mode not in ("teleop", "stopped")
+        if engaged and self.engaged_since_ns is None:
+            self.engaged_since_ns = self._now()
             # What followed older frames was a hold or teleop, not the planner's command: do not score it.
-            self.autonomy_after_frame = next(reversed(self.observed)) if self.observed else -1
-        elif mode != "autonomy":
-            self.autonomy_since_ns = None
+            self.engaged_after_frame = next(reversed(self.observed)) if self.observed else -1
+        elif not engaged:
+            self.engaged_since_ns = None
+        if state.get("engaged") is False:
+            self.unscored_ns = 0  # disengaged: the next engagement starts afresh
+
+    def _on_time_jump(self, jump):
+        """The clock went back (or changed source): times and stamps from before it compare with nothing now."""
+        now = self._now()
+        self.get_logger().warning(f"clock jumped {jump.delta.nanoseconds / 1e9:+.3f} s: dropping buffered latents "
+                                  "and predictions; the camera and prediction watchdogs restart from now")
+        self._forget_stamps()
+        self.start_ns = now
+        if self.last_frame_ns is not None:
+            self.last_frame_ns = now
+        self.last_tick_ns = now
+
+    def _forget_stamps(self):
+        self.observed.clear()
+        self.predictions.clear()
+        self.detector.reset()
+        self.engaged_after_frame = -1  # frames from now on are newer than any before the jump
 
     # ------------------------------------------------------------------ scoring
 
@@ -247,16 +305,17 @@ class SurpriseMonitor(Node):
         from jepa_wm.core.surprise import surprise_score
 
         if self.p["score_only_in_autonomy"]:
-            if self.autonomy_since_ns is None:
+            if self.engaged_since_ns is None:
                 self.detector.reset()
                 return
-            if source <= self.autonomy_after_frame:
+            if source <= self.engaged_after_frame:
                 return
         if predicted.shape != observed.shape:
             score = float("inf")
         else:
             score = float(surprise_score(predicted, observed, self.scale, self.whitening))
         self.last_score, self.scored = score, self.scored + 1
+        self.unscored_ns = 0
         tripped = self.detector.update(score)
         self.score_pub.publish(vector_msg([score, self.threshold, float(tripped)], stamp=stamp_msg(stamp)))
         if tripped:
@@ -268,13 +327,22 @@ class SurpriseMonitor(Node):
         now = self._now()
         since = self.last_frame_ns if self.last_frame_ns is not None else self.start_ns
         limit = self.p["camera_timeout"] if self.last_frame_ns is not None else self.p["startup_grace"]
-        if now - since > limit * 1e9:
+        if now < since:  # the clock jumped back unnoticed (an NTP step): liveness is unknown, so stale
+            self._latch(f"the clock jumped back {(since - now) / 1e9:.3f} s behind the last camera frame: "
+                        f"camera '{self.p['camera_topic']}' cannot be told live")
+        elif now - since > limit * 1e9:
             self._latch(f"camera '{self.p['camera_topic']}' silent for more than {limit} s")
+        # Only autonomy time counts (a gate holding moves nothing unchecked), summed over the holds of a late
+        # planner, and only scored predictions reset it: skipped ones check nothing.
+        if self.gate_mode == "autonomy" and self.last_tick_ns is not None and now > self.last_tick_ns:
+            self.unscored_ns += now - self.last_tick_ns
+        self.last_tick_ns = now
         pt = self.p["prediction_timeout"]
-        if pt > 0 and self.autonomy_since_ns is not None:
-            since = max(self.autonomy_since_ns, self.last_prediction_ns or 0)
-            if now - since > pt * 1e9:
-                self._latch(f"no predictions on '{self.p['predicted_topic']}' for {pt} s while autonomy is active")
+        if pt > 0 and self.unscored_ns > pt * 1e9:
+            self._latch(f"no prediction on '{self.p['predicted_topic']}' scored for {pt} s of autonomy: none came, "
+                        "or none matched a frame taken while the gate was engaged (a planner slower than the gate's "
+                        "timeouts?)")
+        self.stop_pub.publish(Bool(data=self.stopped))  # heartbeat: the gate holds when it stops coming
 
     def _latch(self, reason: str):
         if self.stopped:
@@ -286,14 +354,17 @@ class SurpriseMonitor(Node):
 
     def _on_reset(self, req, res: Trigger.Response):
         now = self._now()
-        if self.last_frame_ns is None or now - self.last_frame_ns > self.p["camera_timeout"] * 1e9:
+        if (self.last_frame_ns is None or now < self.last_frame_ns
+                or now - self.last_frame_ns > self.p["camera_timeout"] * 1e9):
             res.success, res.message = False, f"not reset: camera '{self.p['camera_topic']}' is not live"
             return res
-        was = self.stop_reason
+        was, latched = self.stop_reason, self.stopped
         self.stopped, self.stop_reason = False, ""
         self.detector.reset()
         self.predictions.clear()
-        self.autonomy_since_ns = None  # the gate re-announces autonomy when it is re-engaged
+        if latched:  # the stop disengaged the gate, which re-announces autonomy when it is re-engaged
+            self.engaged_since_ns = None
+        self.unscored_ns = 0
         self.stop_pub.publish(Bool(data=False))
         self.get_logger().warning(f"protective stop reset (was: {was or 'not latched'})")
         res.success, res.message = True, f"reset; was: {was or 'not latched'}"
