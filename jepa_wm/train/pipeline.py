@@ -8,7 +8,6 @@ starts from a parent checkpoint and freezes the encoder.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import time
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import numpy as np
 import torch
 import yaml
 
+from jepa_wm.backends.onnx_export import sha256
 from jepa_wm.core.checkpoint import load_checkpoint, save_checkpoint
 from jepa_wm.core.config import ConfigError, ModelConfig
 from jepa_wm.core.model import build_model
@@ -61,7 +61,7 @@ def run_identity(config: dict, episodes, parent=None) -> dict:
 
     train = TrainConfig.from_dict(config.get("train", {}))
     return {
-        "parent": None if parent is None else f"{Path(parent).resolve()} (sha256 {_sha256(parent)[:16]})",
+        "parent": None if parent is None else f"{Path(parent).resolve()} (sha256 {sha256(parent)[:16]})",
         "bags": sorted({source(ep.source) for ep in episodes}),
         "data": {k: v for k, v in (config.get("data") or {}).items() if k != "cache_dir"},
         "model": config.get("model") or {},
@@ -70,14 +70,6 @@ def run_identity(config: dict, episodes, parent=None) -> dict:
         "train": {k: v for k, v in dataclasses.asdict(train).items() if k not in ("steps", "val_every", "log_every",
                                                                                   "workers")},
     }
-
-
-def _sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def collect_manifest(bag_paths) -> dict:
