@@ -58,6 +58,17 @@ def test_missing_file_and_foreign_safetensors_are_refused(tmp_path):
         read_header(foreign)
 
 
+@pytest.mark.parametrize("drop", ["model_config", "meta"])
+def test_a_header_without_its_config_or_metadata_is_refused_naming_the_file(saved, tmp_path, drop):
+    path, model, _ = saved
+    header = read_header(path)
+    del header[drop]
+    bad = tmp_path / "bad.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(bad), metadata={"jepa_wm": json.dumps(header)})
+    with pytest.raises(CheckpointError, match=rf"checkpoint {bad} has a jepa_wm header without {drop}"):
+        load_checkpoint(bad)
+
+
 def test_weights_that_do_not_fit_the_stored_config_are_refused(saved, tmp_path):
     path, model, meta = saved
     header = read_header(path)

@@ -281,6 +281,18 @@ def test_second_load_comes_from_the_cache(tmp_path, cfg):
     _episodes_equal(first, second)
 
 
+def test_a_damaged_cache_file_is_decoded_again_from_the_bag(tmp_path, cfg):
+    frames = [0, 100, 200, 300]
+    bag = write_bag(tmp_path / "bag", frames, commands={ms: [k, -k] for k, ms in enumerate(frames)})
+    first = load_episodes(bag, cfg(), progress=False)
+    [cached] = (tmp_path / "cache").glob("*.npz")
+    cached.write_bytes(cached.read_bytes()[:100])  # a disk filled up, a copy cut short
+    with pytest.warns(UserWarning, match=rf"frame cache .*{cached.name} of bag .*bag is unreadable"):
+        again = load_episodes(bag, cfg(), progress=False)
+    _episodes_equal(first, again)
+    _episodes_equal(first, load_episodes(bag, cfg(), progress=False))  # and the cache is whole again
+
+
 def test_a_changed_config_or_bag_invalidates_the_cache(tmp_path, cfg):
     frames = [0, 100, 200, 300, 400, 500]
     bag = write_bag(tmp_path / "bag", frames, commands={ms: [k, k] for k, ms in enumerate(frames)})

@@ -57,6 +57,9 @@ def read_header(path) -> dict:
         raise CheckpointError(f"checkpoint {path} has a corrupt jepa_wm header: {e}") from e
     if header.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path} has format {header.get('format')!r}; this jepa_wm reads {FORMAT!r}")
+    missing = [k for k in ("model_config", "meta") if not isinstance(header.get(k), dict)]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} has a jepa_wm header without {' or '.join(missing)}")
     return header
 
 

@@ -12,6 +12,8 @@ import dataclasses
 import hashlib
 import json
 import os
+import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -186,7 +188,12 @@ def load_bag(bag: Path, cfg: DataConfig) -> list[Episode]:
     root = _cache_dir(cfg)
     cached = root / f"{bag.name}-{cache_key(bag, cfg)}.npz" if root else None
     if cached is not None and cached.is_file():
-        return _load(cached, str(bag))
+        try:
+            return _load(cached, str(bag))
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:  # a damaged cache file: decode again
+            warnings.warn(f"frame cache {cached} of bag {bag} is unreadable ({type(e).__name__}: {e}); decoding the "
+                          "bag again")
+            cached.unlink(missing_ok=True)
     episodes = episodes_from_streams(read_bag(bag, cfg), cfg, str(bag))
     if not episodes:
         raise BagError(f"bag {bag}: no episode of 2 or more frames on topic {cfg.image_topic}")
