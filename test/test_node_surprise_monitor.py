@@ -263,6 +263,21 @@ def test_scoring_resumes_after_the_sim_clock_restarts(ros, start_node, tiny_chec
     assert mon.wait_output("PROTECTIVE STOP latched: surprise", 3), mon.output
 
 
+def test_the_start_up_grace_begins_with_the_sim_clock(ros, start_node, tiny_checkpoint):
+    # Under sim time the node starts at time 0; a simulator already at 500 s is not 500 s of camera silence.
+    from rosgraph_msgs.msg import Clock
+
+    mon = _start(start_node, tiny_checkpoint, use_sim_time=True, startup_grace=5.0)
+    cam = Camera(ros)
+    clock = ros.node.create_publisher(Clock, "/clock", 10)
+    assert ros.spin_until(lambda: ros.node.count_subscribers("/clock") > 0, 15)
+    for k in range(30):  # 1.5 s of sim time from 500 s, no camera frame yet
+        clock.publish(Clock(clock=Time(sec=500, nanosec=k * 50_000_000)))
+        ros.spin_for(0.05)
+    assert not cam.stopped(), mon.output
+    assert "silent" not in mon.output
+
+
 def test_a_planner_slower_than_the_gate_is_still_scored(ros, start_node, tiny_checkpoint):
     # Plans take 0.4 s, longer than the gate's autonomy_timeout: the engaged gate holds between commands and
     # forwards each late one. Scoring must follow the engagement, not restart at each hold (which would skip

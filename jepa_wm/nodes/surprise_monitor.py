@@ -325,6 +325,8 @@ class SurpriseMonitor(Node):
 
     def _check_stale(self):
         now = self._now()
+        if self.start_ns == 0:  # sim time before the first /clock: the start-up grace begins with the clock
+            self.start_ns = now
         since = self.last_frame_ns if self.last_frame_ns is not None else self.start_ns
         limit = self.p["camera_timeout"] if self.last_frame_ns is not None else self.p["startup_grace"]
         if now < since:  # the clock jumped back unnoticed (an NTP step): liveness is unknown, so stale
