@@ -90,3 +90,20 @@ def test_sim_time_stamps_carry_whole_seconds():
     t = stamp_msg(round(2.9999999999 * 1e9))
     assert (t.sec, t.nanosec) == (3, 0)
     assert stamp_ns(stamp_msg(1_234_567_891)) == 1_234_567_891
+
+
+def test_with_sim_time_it_drives_a_clock_that_goes_on_across_a_reset(ros, start_node):
+    # sim.launch.py use_sim_time:=true: the node's clock is the /clock it publishes. A timer on that clock waited
+    # for ever (nothing moved), and a reset sent /clock back to 0 (every node saw time run backwards).
+    from rosgraph_msgs.msg import Clock
+
+    clocks = ros.collect(Clock, "/clock")
+    sim, _, states, _ = _up(ros, start_node, use_sim_time=True, publish_clock=True)
+    assert ros.spin_until(lambda: len(clocks) >= 5, 5), sim.output
+    before = stamp_ns(clocks[-1][1].clock)
+    ros.call(Trigger, "/sim/reset", Trigger.Request())
+    n = len(clocks)
+    assert ros.spin_until(lambda: len(clocks) >= n + 3, 5), sim.output
+    after = [stamp_ns(m.clock) for _, m in clocks[n - 1:]]
+    assert after[0] >= before and all(b > a for a, b in zip(after, after[1:])), (before, after)
+    assert stamp_ns(states[-1][1].header.stamp) > before

@@ -17,7 +17,7 @@ no header; that input is judged by receipt time only.
 
 Joint states with a non-finite position for any of the gate's joints do not
 count as a measurement. A receipt time in the future of the gate's clock (the
-clock jumped back: /sim/reset restarts /clock, an NTP step) is stale: the gate
+clock jumped back: a restarted simulator's /clock, an NTP step) is stale: the gate
 forgets what it received before the jump and, if engaged, disengages.
 
 Autonomy may lead the measured joints only so far (`autonomy_max_speed`); when
@@ -70,8 +70,8 @@ CONTROLLER_TYPES = ("joint_trajectory", "forward_command")
 
 
 def fresh(last_ns: int | None, timeout: float, now_ns: int) -> bool:
-    """Received within `timeout` s. A receipt time in the future means the clock jumped back (/sim/reset
-    restarts /clock, an NTP step): stale, or every watchdog would count it fresh until the clock caught up."""
+    """Received within `timeout` s. A receipt time in the future means the clock jumped back (a restarted
+    simulator's /clock, an NTP step): stale, or every watchdog would count it fresh until the clock caught up."""
     return last_ns is not None and 0 <= now_ns - last_ns <= timeout * 1e9
 
 
@@ -408,7 +408,7 @@ class CommandGate(Node):
     def _forget_future(self, now: int) -> float:
         """After a backward clock jump, forget what was received in the future of the clock; how far (s) the
         newest of it lay ahead, 0 if nothing did. Kept, it would stay stale (and block engaging) until the clock
-        caught up again: 100 s after a /sim/reset at 100 s."""
+        caught up again: 100 s after a simulator restarted at 100 s."""
         jump = 0
         for inp in self.inputs.values():
             if inp.last_ns is not None and inp.last_ns > now:

@@ -27,6 +27,8 @@ import math
 
 import numpy as np
 from geometry_msgs.msg import PoseStamped
+from rclpy.clock import Clock as RosClock
+from rclpy.clock import ClockType
 from rclpy.node import Node
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CameraInfo, Image, JointState
@@ -55,6 +57,7 @@ class SimNode(Node):
         self.target = self.sim.joint_state()[0].copy()
         self.trajectory = None  # (positions (N, J), times (N,) seconds, ticks since receipt)
         self.steps = 0
+        self.time_offset = 0.0  # s of simulated time before the last /sim/reset
         self.rng = np.random.default_rng(p["seed"] + 1)
         cam = p["camera_topic"]
         self.image_pub = self.create_publisher(Image, cam, SENSOR_QOS if p["camera_best_effort"] else RELIABLE_QOS)
@@ -73,7 +76,9 @@ class SimNode(Node):
         self.create_service(SetBool, "~/freeze_camera", lambda rq, rs: self._toggle("freeze_camera", rq, rs))
         self.create_service(SetBool, "~/occlude_camera", lambda rq, rs: self._toggle("occlude_camera", rq, rs))
         self.create_service(Trigger, "~/reset", self._on_reset)
-        self.create_timer(p["control_dt"], self._tick)
+        # A wall-clock (steady) timer: under use_sim_time the node's own clock is the /clock this timer drives, and
+        # a timer on it would wait for ever.
+        self.create_timer(p["control_dt"], self._tick, clock=RosClock(clock_type=ClockType.STEADY_TIME))
         self._publish(self.obs)
         self.get_logger().info(
             f"sim up: joints {self.joint_names}, camera '{cam}' {p['width']}x{p['height']} every {p['control_dt']} s, "
@@ -185,7 +190,7 @@ class SimNode(Node):
     def _stamp(self):
         if self.clock_pub is not None:
             # Whole nanoseconds first: rounding the fraction alone could wrap it to 0 without carrying a second.
-            stamp = stamp_msg(round(float(self.sim.time) * 1e9))
+            stamp = stamp_msg(round((self.time_offset + float(self.sim.time)) * 1e9))
             self.clock_pub.publish(Clock(clock=stamp))
             return stamp
         return self.get_clock().now().to_msg()
@@ -258,6 +263,8 @@ class SimNode(Node):
             self.sim.block_joint(i, False)
         self.sim.freeze_camera(False)
         self.sim.occlude_camera(False)
+        # MuJoCo's reset starts its time at 0 again; /clock and every stamp go on from where they were instead.
+        self.time_offset += float(self.sim.time) + self.p["control_dt"]
         self.obs = self.sim.reset(joint_pos=self.initial[0], object_xy=self.initial[1])
         self.trajectory, self.target = None, np.asarray(self.obs.joint_pos, dtype=float).copy()
         self._publish(self.obs)

@@ -99,7 +99,7 @@ class SurpriseMonitor(Node):
         if self.frozen is not None:
             self.create_subscription(JointState, p["joint_states_topic"], self._on_joint_states, RELIABLE_QOS)
         self.create_service(Trigger, "~/reset", self._on_reset)
-        # Any backward jump: sim time restarting at 0 (/sim/reset), or the clock switching source.
+        # Any backward jump: sim time restarting at 0 (a restarted simulator), or the clock switching source.
         self._jump_handle = self.get_clock().create_jump_callback(
             JumpThreshold(min_forward=None, min_backward=Duration(nanoseconds=-1), on_clock_change=True),
             post_callback=self._on_time_jump)
