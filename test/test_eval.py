@@ -173,3 +173,12 @@ def test_calibrate_is_the_same_with_parallel_workers(tiny_checkpoint, tmp_path):
         cals.append(read_header(out)["meta"]["surprise"])
     assert cals[0]["scale"] == pytest.approx(cals[1]["scale"], rel=1e-5)
     assert cals[0]["threshold"] == pytest.approx(cals[1]["threshold"], rel=1e-5)
+
+
+def test_the_evaluation_simulator_takes_the_model_action_order():
+    # A model trained with data.joint_names reordering the scene's joints: its actions must drive those joints.
+    from jepa_wm.eval.common import make_sim
+
+    sim = make_sim({"sim": {"joint_names": []}, "joint_names": ["elbow", "shoulder", "base_yaw"]})
+    assert list(sim.joint_names) == ["elbow", "shoulder", "base_yaw"]
+    assert list(make_sim({"sim": {}}).joint_names) == ["base_yaw", "shoulder", "elbow"]  # no order recorded: the scene's

@@ -45,5 +45,8 @@ def make_sim(meta: dict, **overrides):
     from jepa_wm.sim.arm import ArmSim, SimConfig
 
     sim_meta = dict(meta.get("sim", {}))
+    if not sim_meta.get("joint_names") and meta.get("joint_names"):
+        # The model's action order (data.joint_names may reorder or pick the scene's joints), not the scene's.
+        sim_meta["joint_names"] = list(meta["joint_names"])
     sim_meta.update(overrides)
     return ArmSim(SimConfig(**sim_meta))
