@@ -320,6 +320,7 @@ SCENE = """
   <actuator>
     <position name="act_a" joint="j_a" kp="20"/>
     <position name="act_b" joint="j_b" kp="20"/>
+    <motor name="spin_tip" joint="passive" gear="1"/>
   </actuator>
 </mujoco>
 """
@@ -348,7 +349,8 @@ def test_user_scene_camera_and_joint_names_from_config(tmp_path):
     obs = _drive(s, [0.5, -0.4], 10)  # actions in the configured joint order
     np.testing.assert_allclose(obs.joint_pos, [0.5, -0.4], atol=0.02)
     assert s.data.qpos[s.model.joint("j_a").qposadr[0]] == pytest.approx(-0.4, abs=0.02)
-    # The default joints: every actuated hinge, in actuator order; the passive joint is not one.
+    # The default joints: every position-actuated hinge, in actuator order; the motor-driven tip is not one (a
+    # command in radians would be applied to it as a torque).
     d = ArmSim(SimConfig(scene=scene, camera="side_cam", width=16, height=16))
     assert d.joint_names == ["j_a", "j_b"]
 
@@ -377,7 +379,8 @@ def test_user_scene_without_object(tmp_path):
 @pytest.mark.parametrize("cfg, message", [
     (dict(camera="overhead"), "camera 'overhead' not found.*side_cam"),
     (dict(joint_names=["j_a", "wrist"]), "joint 'wrist' not found"),
-    (dict(joint_names=["j_a", "passive"]), "joint 'passive' .* has no actuator"),
+    (dict(joint_names=["j_a", "passive"]), r"joint 'passive' .* has no position actuator \(a <motor>"),
+    (dict(control_dt=0.033), r"control_dt 0.033 s is not a whole number of scene .*physics steps \(0.002 s\)"),
     (dict(object_body="tray"), "object body 'tray' not found"),
     (dict(object_body="shelf"), "'shelf' .* needs a free joint"),
     (dict(ee_site="gripper"), "end-effector site 'gripper' not found"),

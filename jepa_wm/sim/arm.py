@@ -1,8 +1,10 @@
 """The embedded simulator: a MuJoCo arm driven like a ros2_control position interface.
 
-`ArmSim` loads any MJCF (or URDF MuJoCo reads) whose arm joints carry
-position actuators, and exposes what a real arm offers: joint states, a
-camera, and absolute joint position commands held for `control_dt`. Scene,
+`ArmSim` loads any MJCF whose arm joints carry position actuators (a robot's
+URDF: `<include>` it in, or convert it to, an MJCF that adds the camera and a
+`<position>` actuator per joint; MuJoCo's URDF import makes neither), and
+exposes what a real arm offers: joint states, a camera, and absolute joint
+position commands held for `control_dt`. Scene,
 camera, joints and object all come from `SimConfig`, so a user's own model
 works without code changes. Perturbation hooks (blocked joint, frozen or
 occluded camera, teleported object, changed mass or gain) exist so that
@@ -34,7 +36,7 @@ def _release_gl_context():
 
 @dataclass
 class SimConfig:
-    scene: str = "builtin"  # "builtin" or a path to an MJCF/URDF file
+    scene: str = "builtin"  # "builtin" or a path to an MJCF file (with a camera and <position> actuators)
     camera: str = "overhead"
     joint_names: list[str] = field(default_factory=list)  # empty: every actuated hinge/slide joint, actuator order
     object_body: str = ""  # empty: the first body with a free joint (none: a scene without an object)
@@ -74,7 +76,7 @@ class ArmSim:
         self.cfg = cfg = cfg or SimConfig()
         path = BUILTIN_SCENE if cfg.scene in ("", "builtin") else Path(cfg.scene).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"scene file {path} does not exist (use 'builtin' or an MJCF/URDF path)")
+            raise FileNotFoundError(f"scene file {path} does not exist (use 'builtin' or an MJCF path)")
         try:
             self.model = mujoco.MjModel.from_xml_path(str(path))
         except ValueError as e:
@@ -82,7 +84,12 @@ class ArmSim:
         self.data = mujoco.MjData(self.model)
         self._scratch = mujoco.MjData(self.model)  # for render_state and IK, never stepped
         self._resolve_names(path)
-        self._substeps = max(1, round(cfg.control_dt / self.model.opt.timestep))
+        dt = self.model.opt.timestep
+        self._substeps = round(cfg.control_dt / dt)
+        if self._substeps < 1 or abs(self._substeps * dt - cfg.control_dt) > 1e-6 * cfg.control_dt:
+            # Else a step simulates another time than control_dt, and /clock and the bags' stamps drift from it.
+            raise ValueError(f"control_dt {cfg.control_dt} s is not a whole number of scene {path}'s physics steps "
+                             f"({dt} s): use a multiple of {dt} s, or change the scene's <option timestep>")
         self._defaults = (self.model.body_mass.copy(), self.model.body_inertia.copy(),
                           self.model.actuator_gainprm.copy(), self.model.actuator_biasprm.copy())
         self._default_armature = self.model.dof_armature.copy()
@@ -102,10 +109,14 @@ class ArmSim:
         if cfg.camera not in cameras:
             raise ValueError(f"camera {cfg.camera!r} not found in scene {path}; it has cameras {cameras}")
         self._camera = cfg.camera
-        # Each arm joint is driven by the position actuator whose transmission targets it.
+        # Each arm joint is driven by the position actuator whose transmission targets it. Only a position servo
+        # (force = kp (ctrl - q) ...) takes a command in radians, as ros2_control's position interface does: a
+        # <motor> would apply it as a torque.
         actuated = {}
         for a in range(m.nu):
-            if m.actuator_trntype[a] == int(mujoco.mjtTrn.mjTRN_JOINT):
+            servo = (m.actuator_biastype[a] == int(mujoco.mjtBias.mjBIAS_AFFINE) and m.actuator_gainprm[a, 0] > 0
+                     and np.isclose(m.actuator_biasprm[a, 1], -m.actuator_gainprm[a, 0]))
+            if servo and m.actuator_trntype[a] == int(mujoco.mjtTrn.mjTRN_JOINT):
                 j = int(m.actuator_trnid[a, 0])
                 if m.jnt_type[j] in (int(mujoco.mjtJoint.mjJNT_HINGE), int(mujoco.mjtJoint.mjJNT_SLIDE)):
                     actuated.setdefault(_name(m, mujoco.mjtObj.mjOBJ_JOINT, j), (j, a))
@@ -115,9 +126,10 @@ class ArmSim:
             if n not in joints:
                 raise ValueError(f"joint {n!r} not found in scene {path}; it has joints {joints}")
             if n not in actuated:
-                raise ValueError(f"joint {n!r} in scene {path} has no actuator; add a <position> actuator for it")
+                raise ValueError(f"joint {n!r} in scene {path} has no position actuator (a <motor> or <velocity> "
+                                 "does not take positions); add a <position> actuator for it")
         if not names:
-            raise ValueError(f"scene {path} has no actuated hinge or slide joints")
+            raise ValueError(f"scene {path} has no hinge or slide joints driven by <position> actuators")
         self._joint_names = names
         jids = [actuated[n][0] for n in names]
         self._act = np.array([actuated[n][1] for n in names])
