@@ -173,3 +173,54 @@ def test_export_cli_writes_graphs_and_checks_them(tmp_path, capsys):
     with pytest.raises(ValueError, match="horizon 2"):
         pred.rollout(torch.zeros(1, 3, 16), torch.zeros(1, 2, 3), torch.zeros(4, 5, 3))
     assert np.isfinite(pred.rollout(torch.zeros(1, 3, 16), torch.zeros(1, 2, 3), torch.zeros(4, 2, 3)).numpy()).all()
+
+
+def _checkpoint(path, model):
+    from jepa_wm.core.checkpoint import save_checkpoint
+
+    return save_checkpoint(path, model, {"joint_names": ["a", "b", "c"], "step_s": 0.1})
+
+
+def test_an_export_of_another_checkpoint_or_horizon_is_skipped_with_the_reason(tmp_path, no_tensorrt):
+    a, b = randomised("tiny", 0), randomised("tiny", 1)  # a fine-tune: same config, other weights
+    ck_a, ck_b = _checkpoint(tmp_path / "a.safetensors", a), _checkpoint(tmp_path / "b.safetensors", b)
+    out = tmp_path / "onnx"
+    export_onnx(a, out, horizon=2, checkpoint=ck_a)
+    order = ["tensorrt", "onnxruntime", "torch"]
+    assert select_backend(order, model=a, onnx_dir=out, checkpoint=ck_a, horizon=2).name == "onnxruntime"
+    sel = select_backend(order, model=b, onnx_dir=out, checkpoint=ck_b, horizon=2)
+    why = sel.skipped["onnxruntime"]
+    assert sel.name == "torch" and str(ck_a) in why and str(ck_b) in why and "jepa-wm export" in why
+    sel = select_backend(order, model=a, onnx_dir=out, checkpoint=ck_a, horizon=1)
+    assert sel.name == "torch" and "horizon 2" in sel.skipped["onnxruntime"] and "--horizon 1" in sel.skipped["onnxruntime"]
+    export_onnx(a, out, horizon=2)  # no checkpoint recorded: cannot tell it is a's
+    sel = select_backend(order, model=a, onnx_dir=out, checkpoint=ck_a, horizon=2)
+    assert sel.name == "torch" and "no checkpoint sha256" in sel.skipped["onnxruntime"]
+
+
+def test_export_cli_defaults_to_the_planner_configs_horizon_and_records_the_checkpoint(tmp_path):
+    import json
+
+    import yaml
+
+    from jepa_wm.resources import config_file
+
+    want = yaml.safe_load(config_file("planner.yaml").read_text())["planner"]["ros__parameters"]["horizon"]
+    ck = _checkpoint(tmp_path / "m.safetensors", randomised("tiny"))
+    assert main(["export", "--model", str(ck), "--out", str(tmp_path / "a"), "--no-verify"]) == 0
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert manifest["horizon"] == want and manifest["checkpoint_sha256"]
+    other = tmp_path / "planner.yaml"
+    other.write_text("planner:\n  ros__parameters:\n    horizon: 4\n")
+    assert main(["export", "--preset", "tiny", "--out", str(tmp_path / "b"), "--no-verify",
+                 "--planner-config", str(other)]) == 0
+    assert json.loads((tmp_path / "b" / "manifest.json").read_text())["horizon"] == 4
+
+
+def test_a_history_1_model_exports_and_verifies(tmp_path):
+    from jepa_wm.cli.export import verify
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig.preset("tiny", history=1)).eval()
+    export_onnx(model, tmp_path, horizon=2)  # the unused (1, 0, A) history_actions input is dropped from the graph
+    assert max(verify(model, tmp_path, batches=(3,)).values()) <= 1e-4

@@ -178,3 +178,94 @@ def test_bad_parameters_refuse_to_start(start_node, tiny_checkpoint, over, needl
     node = start_node("planner", "planner.yaml", {"model": str(tiny_checkpoint), **over})
     assert node.proc.wait(timeout=60) == 2, node.output
     assert needle in node.output and "refusing to start" in node.output, node.output
+
+
+# ---------------------------------------------------------------- in-process: history, engage, backend selection
+
+
+@pytest.fixture
+def planner_in_process(ros, request):
+    """A Planner in this process (torch backend unless overridden), its published commands recorded."""
+    from rclpy.parameter import Parameter
+
+    from jepa_wm.nodes.planner import Planner
+
+    nodes = []
+
+    def make(model, **over):
+        params = {"model": str(model), "joint_names": JOINTS, "backends": ["torch"], "debug_image": False,
+                  "samples": 16, "iterations": 2, **over}
+        node = Planner(context=ros.context, parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
+        nodes.append(node)
+        node.sent = []
+        node.trigger_configure()
+        node.trigger_activate()
+        node._publish_command = lambda targets, header: node.sent.append(targets[0].copy())
+        node._set_goal(scene(17), "test")
+        return node
+
+    yield make
+    for n in nodes:
+        n.destroy_node()
+
+
+def _frame(node, k):
+    node._on_image(image_msg_from_rgb(scene(k)))
+    node._step()
+
+
+def test_plans_only_from_a_full_history_and_refills_it_after_reactivate(planner_in_process, tiny_checkpoint):
+    node = planner_in_process(tiny_checkpoint)
+    H = node.model.cfg.history
+    for k in range(H - 1):  # the first H-1 frames only fill the history (an ONNX rollout takes exactly H)
+        _frame(node, k)
+    assert node.sent == [] and "filling" in node.status
+    _frame(node, H)
+    assert len(node.sent) == 1 and node.status.startswith("planning")
+    old = [h[0] for h in node.history]  # kept alive, so no new latent can be one of them
+    node.trigger_deactivate()
+    node.trigger_activate()
+    _frame(node, 40)  # minutes later: the pre-pause latents are not one control step before this frame
+    assert not any(h[0] is o for h in node.history for o in old) and len(node.history) == 1
+    assert len(node.sent) == 1
+
+
+def test_the_first_command_after_engage_is_rate_limited_from_the_measured_position(planner_in_process):
+    import json
+
+    from std_msgs.msg import String
+
+    node = planner_in_process("models/sim.safetensors", samples=64, iterations=8)
+    max_step = 0.15  # the checkpoint's action_max_step
+    q0 = np.array([0.0, -0.5, 1.0])
+    node._on_joint_states(JointState(name=JOINTS, position=q0.tolist()))
+    node._on_gate_state(String(data=json.dumps({"mode": "hold", "engaged": False, "stopped": False})))
+    for k in range(6):
+        if k == 4:  # engaged, but the gate has forwarded nothing yet: the plans so far were never executed
+            node._on_gate_state(String(data=json.dumps({"mode": "hold", "engaged": True, "stopped": False})))
+        _frame(node, k)
+        if k >= node.model.cfg.history - 1:  # before that, the frames only fill the history
+            assert np.abs(node.sent[-1] - q0).max() <= max_step + 1e-4, (k, node.sent[-1] - q0)
+    assert len(node.sent) == 6 - node.model.cfg.history + 1
+    node._on_gate_state(String(data=json.dumps({"mode": "autonomy", "engaged": True, "stopped": False})))
+    _frame(node, 6)  # sent while forwarding: the next one may step on from it
+    _frame(node, 7)
+    assert np.abs(node.sent[-1] - q0).max() > max_step + 1e-4
+
+
+def test_an_onnx_export_is_used_only_for_its_checkpoint_and_horizon(planner_in_process, tiny_checkpoint, tmp_path):
+    from jepa_wm.backends.onnx_export import export_onnx
+    from jepa_wm.core.checkpoint import load_checkpoint
+
+    model = load_checkpoint(str(tiny_checkpoint))[0]
+    export_onnx(model, tmp_path / "h1", horizon=1, checkpoint=tiny_checkpoint)
+    export_onnx(model, tmp_path / "h5", horizon=5, checkpoint=tiny_checkpoint)
+    export_onnx(model, tmp_path / "unknown", horizon=1)  # from which checkpoint? not recorded
+    node = planner_in_process(tiny_checkpoint, backends=["onnxruntime", "torch"], onnx_dir=str(tmp_path / "h1"))
+    assert node.backend == "onnxruntime"
+    for k in range(model.cfg.history + 1):
+        _frame(node, k)
+    assert len(node.sent) == 2 and node.status.startswith("planning"), node.status
+    for d in ("h5", "unknown"):
+        node = planner_in_process(tiny_checkpoint, backends=["onnxruntime", "torch"], onnx_dir=str(tmp_path / d))
+        assert node.backend == "torch"

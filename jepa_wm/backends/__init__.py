@@ -74,8 +74,25 @@ class Selection:
     message: str = ""
 
 
-def make_backend(name: str, model=None, onnx_dir=None, config: dict | None = None, precision: str | None = None):
-    """(encoder, predictor) of one backend, or BackendUnavailable with the reason."""
+def _check_export(name: str, src, checkpoint, model, horizon) -> None:
+    """BackendUnavailable unless the export in src was made from `checkpoint` for this model and horizon:
+    a stale export (the parent of a fine-tune, another horizon) must fall back, not run or fail every plan."""
+    from jepa_wm.backends.onnx_export import check_manifest, read_manifest
+
+    try:
+        check_manifest(read_manifest(src), src, checkpoint=checkpoint,
+                       model_cfg=model.cfg if model is not None else None, horizon=horizon)
+    except ValueError as e:
+        raise BackendUnavailable(f"{name} unavailable: {e}") from None
+
+
+def make_backend(name: str, model=None, onnx_dir=None, config: dict | None = None, precision: str | None = None,
+                 checkpoint=None, horizon: int | None = None):
+    """(encoder, predictor) of one backend, or BackendUnavailable with the reason.
+
+    checkpoint (the file `model` was loaded from) and horizon (the planner's): an ONNX export made
+    from another checkpoint, model config or horizon is refused (BackendUnavailable). None skips the check.
+    """
     cfg = config or load_backend_config()
     onnx_dir = onnx_dir or cfg.get("onnx_dir")
     if name == "torch":
@@ -95,6 +112,7 @@ def make_backend(name: str, model=None, onnx_dir=None, config: dict | None = Non
         if not onnx_dir or not (Path(onnx_dir) / "manifest.json").is_file():
             raise BackendUnavailable(f"onnxruntime unavailable: no exported model in {onnx_dir} "
                                      "(run `jepa-wm export --model CKPT --out DIR`)")
+        _check_export(name, onnx_dir, checkpoint, model, horizon)
         o = cfg["onnxruntime"]
         return (OrtEncoder(onnx_dir, o["providers"], o["intra_op_num_threads"]),
                 OrtPredictor(onnx_dir, o["providers"], o["intra_op_num_threads"]))
@@ -108,20 +126,25 @@ def make_backend(name: str, model=None, onnx_dir=None, config: dict | None = Non
         src = t.get("model_file_path") or onnx_dir
         if not src or not (Path(src) / "manifest.json").is_file():
             raise BackendUnavailable(f"tensorrt unavailable: no exported ONNX model in {src}")
+        _check_export(name, src, checkpoint, model, horizon)
         engines = t.get("engine_file_path") or str(Path(src) / "engines")
         settings = EngineSettings(**t)
         return TrtEncoder(src, engines, settings), TrtPredictor(src, engines, settings)
     raise ValueError(f"unknown backend {name!r}; choose from {BACKENDS}")
 
 
-def select_backend(order=None, model=None, onnx_dir=None, config: dict | None = None, logger=None) -> Selection:
-    """The first backend of `order` that runs here; logs one line with the choice and the skipped ones' reasons."""
+def select_backend(order=None, model=None, onnx_dir=None, config: dict | None = None, logger=None,
+                   checkpoint=None, horizon: int | None = None) -> Selection:
+    """The first backend of `order` that runs here; logs one line with the choice and the skipped ones' reasons.
+
+    checkpoint, horizon: see make_backend (an export that does not fit them is skipped with the reason)."""
     cfg = config or load_backend_config()
     order = list(order or cfg["order"])
     skipped = {}
     for name in order:
         try:
-            enc, pred = make_backend(name, model=model, onnx_dir=onnx_dir, config=cfg)
+            enc, pred = make_backend(name, model=model, onnx_dir=onnx_dir, config=cfg, checkpoint=checkpoint,
+                                     horizon=horizon)
         except BackendUnavailable as e:
             skipped[name] = str(e)
             continue

@@ -93,8 +93,12 @@ def _export(module, args, path, input_names, output_names, dynamic_axes):
 
 
 @torch.no_grad()
-def export_onnx(model, out_dir, horizon: int = 5, check: bool = True) -> dict:
-    """Write encoder.onnx, predictor.onnx, rollout.onnx and manifest.json into out_dir; returns the manifest."""
+def export_onnx(model, out_dir, horizon: int = 5, check: bool = True, checkpoint=None) -> dict:
+    """Write encoder.onnx, predictor.onnx, rollout.onnx and manifest.json into out_dir; returns the manifest.
+
+    checkpoint: the file `model` was loaded from; its sha256 goes into the manifest so that a backend
+    made for another checkpoint (a fine-tune) refuses this export instead of running stale weights.
+    """
     import onnx
 
     cfg = model.cfg
@@ -117,6 +121,8 @@ def export_onnx(model, out_dir, horizon: int = 5, check: bool = True) -> dict:
 
     hist, hist_a = torch.randn(1, H, D, generator=g), torch.randn(1, H - 1, A, generator=g)
     plan = torch.randn(4, horizon, A, generator=g)
+    # With history 1 the (1, 0, A) history_actions is unused and the exporter drops it from the graph:
+    # the manifest lists only the inputs the graph has, and the runtimes feed only those.
     _export(RolloutGraph(model), (hist, hist_a, plan), out / "rollout.onnx",
             ["history", "history_actions", "plan_actions"], ["latents"],
             {"plan_actions": {0: "samples"}, "latents": {0: "samples"}})
@@ -129,6 +135,8 @@ def export_onnx(model, out_dir, horizon: int = 5, check: bool = True) -> dict:
         "format": "jepa_wm.onnx.v1",
         "opset": OPSET,
         "model_config": cfg.to_dict(),
+        "checkpoint": str(checkpoint) if checkpoint else None,
+        "checkpoint_sha256": sha256(checkpoint) if checkpoint else None,
         "horizon": horizon,
         "history": H,
         "files": files,
@@ -139,8 +147,41 @@ def export_onnx(model, out_dir, horizon: int = 5, check: bool = True) -> dict:
             "rollout": {"history": [1, H, D], "history_actions": [1, H - 1, A], "plan_actions": ["samples", horizon, A]},
         },
     }
+    graph_inputs = {i.name for i in onnx.load(str(out / files["rollout"]), load_external_data=False).graph.input}
+    manifest["inputs"]["rollout"] = {k: v for k, v in manifest["inputs"]["rollout"].items() if k in graph_inputs}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return manifest
+
+
+def check_manifest(manifest: dict, onnx_dir, checkpoint=None, model_cfg=None, horizon=None) -> None:
+    """Raise ValueError with the reason when the export at onnx_dir does not fit what the planner runs.
+
+    checkpoint: the checkpoint file the caller loaded (its sha256 must be the exported one);
+    model_cfg: its ModelConfig (history and shapes); horizon: the planner's horizon.
+    Each None skips its check.
+    """
+    fix = f"re-export with `jepa-wm export --model {checkpoint or 'CKPT'} --out {onnx_dir}`"
+    if checkpoint is not None:
+        want, have = sha256(checkpoint), manifest.get("checkpoint_sha256")
+        if have is None:
+            raise ValueError(f"{onnx_dir} records no checkpoint sha256, so it may not be {checkpoint} "
+                             f"(sha256 {want[:12]}): {fix}")
+        if have != want:
+            raise ValueError(f"{onnx_dir} was exported from {manifest.get('checkpoint')} (sha256 {have[:12]}), "
+                             f"not {checkpoint} (sha256 {want[:12]}): {fix}")
+    if model_cfg is not None:
+        mine = json.loads(json.dumps(model_cfg.to_dict()))  # as the manifest stores it (tuples -> lists)
+        theirs = manifest.get("model_config", {})
+        diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        if diff:
+            raise ValueError(f"{onnx_dir} was exported from a model with another config "
+                             f"({', '.join(f'{k} {theirs.get(k)!r} vs {mine.get(k)!r}' for k in diff)}): {fix}")
+        if manifest.get("history") != model_cfg.history:
+            raise ValueError(f"{onnx_dir} rollout was exported for history {manifest.get('history')}, "
+                             f"the model has {model_cfg.history}: {fix}")
+    if horizon is not None and manifest.get("horizon") != horizon:
+        raise ValueError(f"{onnx_dir} rollout was exported for horizon {manifest.get('horizon')}, "
+                         f"the planner plans {horizon}: {fix[:-1]} --horizon {horizon}`")
 
 
 def read_manifest(onnx_dir) -> dict:

@@ -58,6 +58,8 @@ class OrtPredictor(PredictorBackend):
         self.predict_session = None  # built on first predict(): the planner never needs it
         self._predict_args = (Path(onnx_dir) / files["predictor"], providers, threads)
         self.providers = self.rollout_session.get_providers()
+        # A history-1 export has no history_actions input (the exporter drops an unused one).
+        self.rollout_inputs = {i.name for i in self.rollout_session.get_inputs()}
 
     def predict(self, latents, actions):
         if self.predict_session is None:
@@ -73,5 +75,9 @@ class OrtPredictor(PredictorBackend):
             )
         if history.shape[0] != 1:
             raise ValueError("rollout.onnx takes one shared history (batch 1)")
+        if history.shape[1] != self.cfg.history:
+            # The graph's history length is fixed at export; the planner node waits for a full history.
+            raise ValueError(f"rollout.onnx takes a history of {self.cfg.history} latents, got {history.shape[1]}")
         feeds = {"history": _np(history), "history_actions": _np(history_actions), "plan_actions": _np(plan_actions)}
+        feeds = {k: v for k, v in feeds.items() if k in self.rollout_inputs}
         return torch.from_numpy(self.rollout_session.run(None, feeds)[0])

@@ -272,4 +272,7 @@ class TrtPredictor(PredictorBackend):
     def rollout(self, history, history_actions, plan_actions, prefix=None):
         if plan_actions.shape[1] != self.horizon:
             raise ValueError(f"the engine was built for horizon {self.horizon}, got {plan_actions.shape[1]}")
+        if history.shape[1] != self.cfg.history:
+            # The graph's history length is fixed at export; the planner node waits for a full history.
+            raise ValueError(f"the engine takes a history of {self.cfg.history} latents, got {history.shape[1]}")
         return self.runner.run(history=history, history_actions=history_actions, plan_actions=plan_actions)["latents"]

@@ -11,7 +11,9 @@ def add_arguments(p):
     src.add_argument("--preset", help="export a randomly initialised model of this preset (tiny, sim, lewm): benchmarks")
     p.add_argument("--out", required=True, help="output directory (encoder.onnx, predictor.onnx, rollout.onnx, manifest.json)")
     p.add_argument("--horizon", type=int, default=None,
-                   help="planning horizon baked into rollout.onnx (default: PlannerConfig().horizon)")
+                   help="planning horizon baked into rollout.onnx (default: the planner's `horizon` in --planner-config)")
+    p.add_argument("--planner-config", default=None,
+                   help="planner parameters file whose `horizon` is the default of --horizon (default: config/planner.yaml)")
     p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
     p.add_argument("--seed", type=int, default=0)
 
@@ -51,13 +53,34 @@ def load_model(args):
     return build_model(ModelConfig.preset(args.preset)).eval()
 
 
+def planner_horizon(path=None) -> int:
+    """The planner node's `horizon` (config/planner.yaml by default): the export must match what it plans."""
+    from pathlib import Path
+
+    import yaml
+
+    from jepa_wm.resources import config_file
+
+    path = Path(path) if path else config_file("planner.yaml")
+    params = ((yaml.safe_load(path.read_text()) or {}).get("planner") or {}).get("ros__parameters") or {}
+    if "horizon" not in params:
+        raise ValueError(f"{path} has no planner.ros__parameters.horizon: pass --horizon")
+    return int(params["horizon"])
+
+
 def run(args) -> int:
     from jepa_wm.backends.onnx_export import export_onnx
-    from jepa_wm.core.config import PlannerConfig
 
+    if args.horizon is not None and args.horizon < 1:
+        print(f"error: --horizon is {args.horizon}; it must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        horizon = args.horizon or planner_horizon(getattr(args, "planner_config", None))
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     model = load_model(args)
-    horizon = args.horizon or PlannerConfig().horizon
-    manifest = export_onnx(model, args.out, horizon=horizon)
+    manifest = export_onnx(model, args.out, horizon=horizon, checkpoint=args.model)
     print(f"exported {', '.join(manifest['files'].values())} to {args.out} "
           f"(opset {manifest['opset']}, rollout horizon {horizon}, history {manifest['history']})")
     if args.no_verify:

@@ -16,8 +16,15 @@ drop a plan made from a frame that is too old by the time it arrives
 (a Float64MultiArray command has no header to carry it).
 Goal: `~/goal_image` (Image topic), the `goal_image` file, or
 `~/capture_goal` (std_srvs/Trigger: the newest frame becomes the goal).
-Engaging is bumpless: when the gate's state turns to autonomy the warm start
-is dropped and the plan restarts from the measured state. A frame that fails to
+Planning starts once the latent history holds the model's `history` frames:
+the first history-1 frames after each activate only fill it (an exported ONNX
+rollout has a fixed history length, and a history from before a deactivate is
+dropped, since its frames were not one control step apart).
+Engaging is bumpless: when the gate's state turns to engaged the warm start
+is dropped, and an action counts as executed only if the gate was forwarding
+autonomy (`"mode": "autonomy"`) when it was sent, so the first command after an
+engage is rate-limited from the measured position, not from a plan the gate never
+forwarded. A frame that fails to
 decode (malformed, or anything OpenCV rejects) is logged (throttled) with its
 reason and dropped.
 """
@@ -111,7 +118,7 @@ class Planner(LifecycleNode):
             "joint_weight": d("joint_weight", 3.0, "weight of the checkpoint's joint-probe term in the goal cost (0 = off)"),
             "seed": d("seed", 0, "planner random seed"),
             "torch_threads": d("torch_threads", 1, "torch CPU threads"),
-            "backends": d("backends", ["torch"], "inference backends to try in order: tensorrt, onnxruntime, torch", kind="str[]"),
+            "backends": d("backends", ["tensorrt", "onnxruntime", "torch"], "inference backends to try in order: tensorrt, onnxruntime, torch", kind="str[]"),
             "precision": d("precision", "float32", "torch backend precision: float32, bfloat16 or auto (bfloat16 where the CPU/GPU has it)"),
             "onnx_dir": d("onnx_dir", "", "exported ONNX directory for onnxruntime/tensorrt ('' = config/backends.yaml's)"),
             "debug_image": d("debug_image", True, "publish ~/debug_image"),
@@ -192,8 +199,10 @@ class Planner(LifecycleNode):
         bcfg["torch"].update(precision=p["precision"], split_batch=1)
         try:
             onnx_dir = resolve_model(p["onnx_dir"] or bcfg["onnx_dir"])  # relative: here, else the share dir
+            # An export from another checkpoint (a fine-tune's parent) or for another horizon is skipped with
+            # the reason, so selection falls back to the next backend instead of planning with stale weights.
             sel = select_backend(p["backends"], model=model, onnx_dir=onnx_dir, config=bcfg,
-                                 logger=self.get_logger())
+                                 logger=self.get_logger(), checkpoint=resolve_model(p["model"]), horizon=p["horizon"])
         except BackendUnavailable as e:
             raise ParameterError(f"parameter 'backends': {e}") from None
         self.backend = sel.name
@@ -229,6 +238,9 @@ class Planner(LifecycleNode):
     def on_activate(self, state):
         self.active, self.status = True, "active"
         self.cem.reset()
+        # Latents from before a deactivate are not one control step before the next frame: refill.
+        self.history.clear()
+        self.last_forwarded = False
         self.get_logger().info("active: planning" + ("" if self.goal_latent is not None else " once a goal is set"))
         return super().on_activate(state)
 
@@ -309,6 +321,7 @@ class Planner(LifecycleNode):
             return
         if state.get("engaged") and not self.gate.get("engaged"):
             self.cem.reset()  # bumpless: restart from the measured state, not an old plan
+            self.last_forwarded = False
             self.get_logger().info("gate engaged autonomy: planning from the measured state")
         self.gate = state
 
@@ -343,6 +356,10 @@ class Planner(LifecycleNode):
         if self.history:
             self.history[-1] = (self.history[-1][0], self._executed())
         self.history.append((z, None))
+        if len(self.history) < self.history.maxlen:
+            # The ONNX/TensorRT rollout takes exactly `history` latents: plan only from a full history.
+            self.status = f"filling the latent history ({len(self.history)}/{self.history.maxlen} frames)"
+            return
         latents = torch.stack([h[0] for h in self.history])
         acts = [h[1] for h in list(self.history)[:-1]]
         hist_actions = torch.stack(acts) if acts else torch.zeros(0, self.model.cfg.action_block)
@@ -351,6 +368,9 @@ class Planner(LifecycleNode):
             current = self.model.normalize_actions(torch.as_tensor(self.measured, dtype=torch.float32))
         result = self.cem.plan(latents, hist_actions, self.goal_latent, current)
         self.last_action = result.actions[0]
+        # Executed only if the gate forwards it: a plan made while it holds (not engaged yet, or engaged
+        # but not yet in autonomy) must not anchor the next plan's rate limit.
+        self.last_forwarded = self.gate.get("mode") == "autonomy" and not self.gate.get("stopped")
         targets = np.clip(self.model.denormalize_actions(result.actions).numpy().astype(float), self.lo, self.hi)
         self.last_target = targets[0]
         self.plan_ms.append(1000 * (time.perf_counter() - t0))
@@ -364,7 +384,7 @@ class Planner(LifecycleNode):
 
     def _executed(self):
         torch = self.torch
-        if self.gate.get("engaged") and not self.gate.get("stopped") and hasattr(self, "last_action"):
+        if getattr(self, "last_forwarded", False) and not self.gate.get("stopped") and hasattr(self, "last_action"):
             return self.last_action
         if self.measured is not None:
             return self.model.normalize_actions(torch.as_tensor(self.measured, dtype=torch.float32))
