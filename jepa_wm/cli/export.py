@@ -55,17 +55,12 @@ def load_model(args):
 
 def planner_horizon(path=None) -> int:
     """The planner node's `horizon` (config/planner.yaml by default): the export must match what it plans."""
-    from pathlib import Path
+    from jepa_wm.eval.common import node_parameters
 
-    import yaml
-
-    from jepa_wm.resources import config_file
-
-    path = Path(path) if path else config_file("planner.yaml")
-    params = ((yaml.safe_load(path.read_text()) or {}).get("planner") or {}).get("ros__parameters") or {}
-    if "horizon" not in params:
-        raise ValueError(f"{path} has no planner.ros__parameters.horizon: pass --horizon")
-    return int(params["horizon"])
+    try:
+        return int(node_parameters("planner", path)["horizon"])
+    except (KeyError, TypeError):
+        raise ValueError(f"{path or 'config/planner.yaml'} has no planner.ros__parameters.horizon: pass --horizon") from None
 
 
 def run(args) -> int:

@@ -84,6 +84,7 @@ class Planner(LifecycleNode):
         self.goal_rgb = None
         self.measured = None
         self.gate = {}
+        self.last_forwarded = False  # the gate was forwarding autonomy when the last plan was sent
         self.bad_frames = 0
         self.last_score = None
         self.status = "unconfigured"
@@ -384,7 +385,7 @@ class Planner(LifecycleNode):
 
     def _executed(self):
         torch = self.torch
-        if getattr(self, "last_forwarded", False) and not self.gate.get("stopped") and hasattr(self, "last_action"):
+        if self.last_forwarded and not self.gate.get("stopped") and hasattr(self, "last_action"):
             return self.last_action
         if self.measured is not None:
             return self.model.normalize_actions(torch.as_tensor(self.measured, dtype=torch.float32))
