@@ -141,14 +141,17 @@ def test_a_jammed_joint_and_a_frozen_camera_mid_move_are_caught_by_the_checks(ro
     ros.spin_for(0.5)
     assert not stop[0], procs[2].output[-2000:]
 
-    # The camera driver hangs (the sim re-sends its last frame) while the arm turns back. Mid-move, so that the
-    # commands already sent carry the arm on whatever the planner makes of the repeated frame (near the goal, or
-    # just after an engage, it may stop the arm, and a still arm with a frozen camera is not a stop).
+    # The camera driver hangs (the sim re-sends its last frame) while the arm resumes its turn. Mid-move, so that
+    # the commands already sent carry the arm on whatever the planner makes of the repeated frame (near the goal,
+    # or just after an engage, it may stop the arm, and a still arm with a frozen camera is not a stop). The goal
+    # lies far on: the turn must outlast a busy machine's delay between seeing the arm move and freezing the camera.
     q_back = q[0].copy()
-    loop.goal(q_start - [0.3, 0.0, 0.0])
+    goal = loop.goal(q_back + [0.9, 0.0, 0.0])
+    assert goal[0] - q_back[0] > 0.6, f"no room to turn on from {q_back} (goal {goal})"
     ros.spin_for(1.0)
     loop.engage()
-    assert ros.spin_until(lambda: abs(q[0][0] - q_back[0]) > 0.1, 20), "the base does not turn back"
+    assert ros.spin_until(lambda: abs(q[0][0] - q_back[0]) > 0.1, 20), (
+        f"the base does not turn on (gate: {state})\n{procs[1].output[-2000:]}\n{procs[3].output[-2000:]}")
     assert ros.call(SetBool, "/sim/freeze_camera", SetBool.Request(data=True)).success
     assert ros.spin_until(lambda: stop[0], 3.0), procs[2].output[-2000:]
     assert procs[2].wait_output("repeated a frame while the joints moved", 2), procs[2].output[-2000:]
