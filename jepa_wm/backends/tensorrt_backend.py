@@ -218,7 +218,12 @@ class TrtRunner:
             for name in self.inputs:
                 t = torch.as_tensor(inputs[name]).to("cuda", self._dtype(name), non_blocking=True).contiguous()
                 keep.append(t)
-                self.context.set_input_shape(name, tuple(t.shape))
+                if not self.context.set_input_shape(name, tuple(t.shape)):
+                    # Outside the engine's optimisation profile: TensorRT returns False and would run garbage.
+                    lo, _, hi = self.engine.get_tensor_profile_shape(name, 0)
+                    raise RuntimeError(f"TensorRT engine input '{name}' has shape {tuple(t.shape)}, outside its "
+                                       f"profile {tuple(lo)}..{tuple(hi)}: widen tensorrt batch_min/batch_max in "
+                                       f"config/backends.yaml (the engine is rebuilt on the next start)")
                 self.context.set_tensor_address(name, t.data_ptr())
             outs = {}
             for name in self.outputs:

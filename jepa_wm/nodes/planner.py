@@ -53,7 +53,6 @@ from jepa_wm.nodes.common import (
     ParameterError,
     check_limits,
     check_model_step,
-    check_overrides,
     declare,
     destroy,
     image_msg_from_rgb,
@@ -142,7 +141,6 @@ class Planner(LifecycleNode):
         self.limits = check_limits(p["joint_names"], p["joint_lower_limits"], p["joint_upper_limits"])
         if p["goal_image"]:
             require(Path(p["goal_image"]).is_file(), "goal_image", f"names {p['goal_image']!r}, which is not a file")
-        check_overrides(self)
         return p
 
     # ------------------------------------------------------------------ lifecycle
