@@ -9,7 +9,8 @@ the camera and /clock, start joint_state_broadcaster and the arm controller
 controllers YAML), then run planner + monitor + gate with use_sim_time.
 
     ros2 launch jepa_wm gazebo.launch.py world:=my_world.sdf \
-        robot_description_file:=robot.urdf model:=/path/model.safetensors
+        robot_description_file:=robot.urdf controllers_file:=controllers.yaml \
+        model:=/path/model.safetensors
 """
 
 import os

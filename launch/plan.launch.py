@@ -30,6 +30,7 @@ def generate_launch_description():
     controller_name = LaunchConfiguration("controller_name")
     joint_names = LaunchConfiguration("joint_names")
     use_sim_time = LaunchConfiguration("use_sim_time")
+    goal_image = LaunchConfiguration("goal_image")
     output_type = controller_type  # the planner speaks what the controller needs; the gate converts anyway
     common = {"use_sim_time": ParameterValue(use_sim_time, value_type=bool)}
     return LaunchDescription([
@@ -47,11 +48,13 @@ def generate_launch_description():
         DeclareLaunchArgument("joint_names", default_value="[base_yaw, shoulder, elbow]",
                               description="the arm's joints in the model's action order, YAML list"),
         DeclareLaunchArgument("use_sim_time", default_value="false", description="use /clock"),
+        DeclareLaunchArgument("goal_image", default_value="",
+                              description="goal image file (png/jpg) the planner loads at configure; '' = none yet"),
         Node(
             package="jepa_wm", executable="planner", name="planner", output="screen",
             parameters=[os.path.join(config, "planner.yaml"), common, {
                 "model": model, "camera_topic": camera_topic, "image_transport": image_transport, "output_type": output_type,
-                "joint_names": joint_names,
+                "joint_names": joint_names, "goal_image": goal_image,
             }],
         ),
         Node(

@@ -37,7 +37,7 @@ then starts it on receipt, on its own clock.
 Commands received before an engage, or older than the input timeout, are
 dropped. `~/state` (std_msgs/String, JSON, latched) tells the planner and the
 monitor what the gate is doing, so engaging is bumpless: the planner restarts
-from the measured state when it sees `"mode": "autonomy"` appear.
+from the measured state when it sees `"engaged"` turn true.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ its mode: an engaged gate holds whenever the planner is late and forwards again
 on its next command, and restarting the scoring window on each of those would
 never score a slow planner. Predictions from frames taken before the gate
 engaged are not scored. A backward clock jump (sim reset, NTP step) drops what
-is keyed by frame stamps and restarts the watchdogs from the jump; a last-seen
+is keyed by frame stamps and restarts the camera watchdog from the jump; a last-seen
 time in the future of the clock counts as stale.
 """
 
@@ -273,7 +273,7 @@ class SurpriseMonitor(Node):
         """The clock went back (or changed source): times and stamps from before it compare with nothing now."""
         now = self._now()
         self.get_logger().warning(f"clock jumped {jump.delta.nanoseconds / 1e9:+.3f} s: dropping buffered latents "
-                                  "and predictions; the camera and prediction watchdogs restart from now")
+                                  "and predictions; the camera watchdog restarts from now")
         self._forget_stamps()
         self.start_ns = now
         if self.last_frame_ns is not None:
