@@ -86,3 +86,19 @@ def test_failed_save_keeps_the_previous_checkpoint(saved):
         save_checkpoint(path, model, {"unserialisable": object()})
     assert path.read_bytes() == before
     assert [p.name for p in path.parent.iterdir()] == [path.name]
+
+
+def test_the_cli_reports_a_damaged_checkpoint_in_one_line(saved, capsys, monkeypatch):
+    from jepa_wm.cli import main
+
+    path, _, _ = saved
+    path.write_bytes(path.read_bytes()[:100])
+    monkeypatch.delenv("JEPA_WM_TRACEBACK", raising=False)
+    assert main(["export", "--model", str(path), "--out", str(path.parent / "onnx"), "--no-verify"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("jepa-wm export: error: ") and str(path) in err and "Traceback" not in err
+    assert err.count("\n") == 1
+    # The traceback stays one variable away, for a bug report.
+    monkeypatch.setenv("JEPA_WM_TRACEBACK", "1")
+    with pytest.raises(CheckpointError, match=str(path)):
+        main(["export", "--model", str(path), "--out", str(path.parent / "onnx"), "--no-verify"])

@@ -3,12 +3,20 @@
 Each subcommand lives in its own module of this package and exposes
 `add_arguments(parser)` and `run(args) -> int`. Modules are imported only when
 their subcommand runs, so `jepa-wm --help` stays instant.
+
+A mistake of the user's (a missing or damaged file, a bad bag, a config key,
+a run that does not match its folder) ends in one line, `jepa-wm <command>:
+error: ...`, and exit 2; set JEPA_WM_TRACEBACK=1 for the traceback. Anything
+else is a bug and keeps its traceback.
 """
 
 import argparse
 import importlib
 import importlib.util
+import os
 import sys
+
+EXIT_USAGE = 2  # argparse's own exit status for a bad command line
 
 # name -> (module, one-line help)
 COMMANDS = {
@@ -22,6 +30,53 @@ COMMANDS = {
     "build-engine": ("build_engine", "build (or reuse) a cached TensorRT engine from an ONNX file"),
     "bench": ("bench", "benchmark encoder, predictor, CEM and closed loop per backend and precision"),
 }
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    return _checked(int, text, lambda v: v >= 1, "an integer >= 1")
+
+
+def nonnegative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    return _checked(int, text, lambda v: v >= 0, "an integer >= 0")
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    return _checked(float, text, lambda v: 0 < v < float("inf"), "a finite number > 0")
+
+
+def nonnegative_float(text: str) -> float:
+    """argparse type: a finite number >= 0."""
+    return _checked(float, text, lambda v: 0 <= v < float("inf"), "a finite number >= 0")
+
+
+def fraction(text: str) -> float:
+    """argparse type: a number in [0, 1]."""
+    return _checked(float, text, lambda v: 0 <= v <= 1, "a number in [0, 1]")
+
+
+def _checked(kind, text, ok, what):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+    return value
+
+
+def _user_errors() -> tuple:
+    """Exceptions that report a mistake in the user's input, not a bug (each names what to fix)."""
+    from jepa_wm.backends.base import BackendUnavailable
+    from jepa_wm.core.checkpoint import CheckpointError
+    from jepa_wm.core.config import ConfigError
+    from jepa_wm.data.bags import BagError
+    from jepa_wm.data.images import ImageFormatError
+    from jepa_wm.train.trainer import RunMismatch
+
+    return (BagError, BackendUnavailable, CheckpointError, ConfigError, ImageFormatError, RunMismatch, OSError)
 
 
 def _available():
@@ -45,7 +100,13 @@ def main(argv=None) -> int:
             importlib.import_module(f"{__name__}.{module}").add_arguments(p)
     args = parser.parse_args(argv)
     module = importlib.import_module(f"{__name__}.{commands[args.command][0]}")
-    return int(module.run(args) or 0)
+    try:
+        return int(module.run(args) or 0)
+    except _user_errors() as e:
+        if os.environ.get("JEPA_WM_TRACEBACK"):
+            raise
+        print(f"jepa-wm {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":
