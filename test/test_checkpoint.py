@@ -88,6 +88,15 @@ def test_failed_save_keeps_the_previous_checkpoint(saved):
     assert [p.name for p in path.parent.iterdir()] == [path.name]
 
 
+def test_a_save_that_fails_on_replace_leaves_no_temporary_file(saved):
+    path, model, meta = saved
+    target = path.parent / "a_folder"
+    target.mkdir()
+    with pytest.raises(OSError):
+        save_checkpoint(target, model, meta)  # the weights are written, the rename onto a folder fails
+    assert sorted(p.name for p in path.parent.iterdir()) == sorted([path.name, "a_folder"])
+
+
 def test_the_cli_reports_a_damaged_checkpoint_in_one_line(saved, capsys, monkeypatch):
     from jepa_wm.cli import main
 

@@ -34,8 +34,12 @@ def save_checkpoint(path, model: WorldModel, meta: dict | None = None) -> Path:
     header = {"format": FORMAT, "model_config": model.cfg.to_dict(), "meta": meta or {}}
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_file(tensors, str(tmp), metadata={"jepa_wm": json.dumps(header)})
-    os.replace(tmp, path)
+    try:
+        save_file(tensors, str(tmp), metadata={"jepa_wm": json.dumps(header)})
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a failed save leaves neither a half file nor litter beside the old one
+        raise
     return path
 
 
