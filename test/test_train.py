@@ -320,3 +320,114 @@ def test_a_misspelled_training_config_key_is_refused(tmp_path, config, message):
 
     with pytest.raises(ConfigError, match=message):
         fit(synthetic_episodes(4, size=32, seed=1), config, tmp_path / "run", sources=["synthetic"])
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["calibrate", "--out", "x.safetensors", "--quantile", "2"], "--quantile"),
+    (["calibrate", "--out", "x.safetensors", "--margin", "-1"], "--margin"),
+    (["calibrate", "--out", "x.safetensors", "--consecutive", "0"], "--consecutive"),
+    (["calibrate", "--out", "x.safetensors", "--sim-explore", "1", "--steps", "0"], "--steps"),
+    (["calibrate", "--out", "x.safetensors", "--sim-explore", "1", "--steps", "1"], "--steps"),
+    (["calibrate", "--out", "x.safetensors", "--sim-goals", "-1"], "--sim-goals"),
+    (["calibrate", "--out", "x.safetensors", "--workers", "0"], "--workers"),
+    (["train", "--synthetic", "-2"], "--synthetic"),
+    (["train", "--synthetic", "0"], "--synthetic"),
+    (["train", "--synthetic", "4", "--seed", "-1"], "--seed"),
+    (["train", "--synthetic", "4", "--batch-size", "0"], "--batch-size"),
+    (["train", "--synthetic", "4", "--steps", "-3"], "--steps"),
+    (["finetune", "--model", "m.safetensors", "--bags", "b", "--steps", "0"], "--steps"),
+    (["finetune", "--model", "m.safetensors", "--bags", "b", "--seed", "-1"], "--seed"),
+])
+def test_numeric_flags_are_checked_when_parsed(argv, flag, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli(argv)
+    assert e.value.code == 2 and f"error: argument {flag}: " in capsys.readouterr().err
+
+
+def test_training_refuses_too_few_calibration_frames_before_the_first_step(tmp_path):
+    # Two 20-frame episodes: one for validation gives 19 scored frames, and calibration needs 20. That failed only
+    # after training, leaving a model without a surprise threshold.
+    from jepa_wm.core.config import ConfigError
+    from jepa_wm.train.pipeline import fit
+    from jepa_wm.train.synthetic import synthetic_episodes
+
+    config = {"model": {"preset": "tiny"}, "train": {"steps": 2, "batch_size": 4, "precision": "fp32"}}
+    with pytest.raises(ConfigError, match=r"at least 20 scored validation frames, but the 1 validation episode\(s\) "
+                                          r"\(20 frames; val_fraction 0.1 of 2\) give 19.*more or longer episodes"):
+        fit(synthetic_episodes(2, steps=20, size=32, seed=1), config, tmp_path / "run", sources=["synthetic"])
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_without_validation_data_is_a_user_error(tmp_path, capsys):
+    assert cli(["train", "--synthetic", "1", "--preset", "tiny", "--out", str(tmp_path / "run")]) == 2
+    assert "jepa-wm train: error: no validation clips" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["train", "--synthetic", "4"], ["finetune", "--model", "m.safetensors",
+                                                                      "--bags", "nowhere"]])
+def test_training_refuses_an_out_that_is_a_file_before_reading_data(tmp_path, capsys, command):
+    out = tmp_path / "run"
+    out.write_text("keep me")
+    assert cli([*command, "--out", str(out)]) == 2
+    assert f"{out} exists and is not a directory" in capsys.readouterr().err
+    assert out.read_text() == "keep me"
+
+
+def test_calibrate_never_replaces_another_file_or_a_directory(tiny_checkpoint, tmp_path, capsys):
+    victim = tmp_path / "victim.safetensors"
+    victim.write_bytes(b"someone else's model")
+    argv = ["calibrate", "--model", str(tiny_checkpoint), "--sim-explore", "1", "--steps", "30"]
+    assert cli([*argv, "--out", str(victim)]) == 2
+    assert f"--out {victim} exists and is not --model" in capsys.readouterr().err
+    assert victim.read_bytes() == b"someone else's model"
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    assert cli([*argv, "--out", str(folder)]) == 2
+    assert f"--out {folder} is a directory" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "victim.safetensors"]  # no stray temp file
+
+
+def _fake_episodes(monkeypatch):
+    """Simulated calibration episodes as random residuals: the flags and the config are under test, not MuJoCo."""
+    from jepa_wm.cli import calibrate
+
+    def simulate(job):
+        _, kind, seed, steps = job
+        return kind, np.random.default_rng(seed).normal(size=(steps - 1, 16)).astype(np.float32)
+
+    monkeypatch.setattr(calibrate, "_simulate", simulate)
+
+
+def test_calibrate_takes_every_key_of_the_config_section_and_refuses_others(tiny_checkpoint, tmp_path, capsys,
+                                                                            monkeypatch):
+    from jepa_wm.core.checkpoint import read_header
+
+    _fake_episodes(monkeypatch)
+    model = tmp_path / "model.safetensors"
+    model.write_bytes(tiny_checkpoint.read_bytes())
+    config = tmp_path / "train.yaml"
+    argv = ["calibrate", "--model", str(model), "--out", str(model), "--sim-explore", "2", "--steps", "30",
+            "--config", str(config)]
+    config.write_text("calibration:\n  quantil: 0.5\n")
+    assert cli(argv) == 2
+    assert "calibration: unknown key(s) ['quantil']" in capsys.readouterr().err
+    config.write_text("calibration:\n  quantile: 2\n")
+    assert cli(argv) == 2
+    assert "calibration.quantile must be a number in [0, 1], got 2" in capsys.readouterr().err
+    # Recalibrating --model in place is allowed, and the section's whiten and consecutive are honoured.
+    config.write_text("calibration:\n  quantile: 0.5\n  whiten: true\n  consecutive: 3\n")
+    assert cli(argv) == 0
+    cal = read_header(model)["meta"]["surprise"]
+    assert cal["quantile"] == 0.5 and cal["consecutive"] == 3 and len(cal["whitening"]) == 16
+    assert cli([*argv, "--no-whiten", "--consecutive", "1"]) == 0  # the flags override the section
+    cal = read_header(model)["meta"]["surprise"]
+    assert cal["whitening"] is None and cal["consecutive"] == 1
+
+
+def test_calibrate_refuses_too_few_frames_before_simulating(tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    from jepa_wm.cli import calibrate
+
+    monkeypatch.setattr(calibrate, "_simulate", lambda job: pytest.fail("simulated"))
+    assert cli(["calibrate", "--model", str(tiny_checkpoint), "--out", str(tmp_path / "c.safetensors"),
+                "--sim-explore", "1", "--steps", "10"]) == 2
+    assert "needs at least 20 scored frames, these sources give 9" in capsys.readouterr().err

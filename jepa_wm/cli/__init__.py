@@ -15,6 +15,7 @@ import importlib
 import importlib.util
 import os
 import sys
+from pathlib import Path
 
 EXIT_USAGE = 2  # argparse's own exit status for a bad command line
 
@@ -65,6 +66,19 @@ def _checked(kind, text, ok, what):
     if not ok(value):
         raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
     return value
+
+
+def check_out_dir(path, flag: str = "--out") -> Path:
+    """`path` as an output directory, refused before any work if it (or a parent) is an existing non-directory."""
+    from jepa_wm.core.config import ConfigError
+
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise ConfigError(f"{flag} {path}: {p} exists and is not a directory; choose another {flag}")
+            break
+    return path
 
 
 def _user_errors() -> tuple:

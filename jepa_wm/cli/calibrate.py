@@ -15,25 +15,46 @@ so the calibration does not depend on --workers.
 
 from __future__ import annotations
 
+import argparse
+import os
 from pathlib import Path
 
 import numpy as np
 
+from jepa_wm.cli import fraction, nonnegative_int, positive_float, positive_int
+
+
+def _episode_steps(text: str) -> int:
+    """argparse type: steps per simulated episode (the recorder needs a command, so a second frame)."""
+    value = positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 2")
+    return value
+
 
 def add_arguments(p):
     p.add_argument("--model", default=None, help="checkpoint (default: the shipped models/sim.safetensors)")
-    p.add_argument("--out", required=True, help="the calibrated checkpoint to write (.safetensors)")
+    p.add_argument("--out", required=True,
+                   help="the calibrated checkpoint to write (.safetensors); a new file, or --model itself")
     p.add_argument("--bags", nargs="+", default=[], help="rosbag2 recordings of nominal operation, or folders of them")
-    p.add_argument("--sim-goals", type=int, default=0, help="closed-loop planner episodes in the embedded simulator")
-    p.add_argument("--sim-explore", type=int, default=0, help="exploration episodes in the embedded simulator")
-    p.add_argument("--steps", type=int, default=40, help="control steps per simulated episode (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=50_000, help="first simulator seed (default: %(default)s, apart from eval's)")
-    p.add_argument("--quantile", type=float, default=None, help="threshold quantile (default: the training config's)")
-    p.add_argument("--margin", type=float, default=None, help="threshold margin (default: the training config's)")
-    p.add_argument("--consecutive", type=int, default=None, help="frames over the threshold that stop (default: config)")
-    p.add_argument("--whiten", action="store_true", help="score whitened residuals (a Mahalanobis distance)")
-    p.add_argument("--workers", type=int, default=1, help="parallel processes for simulated episodes (default: %(default)s)")
-    p.add_argument("--config", default=None, help="training YAML whose 'calibration' section gives the defaults")
+    p.add_argument("--sim-goals", type=nonnegative_int, default=0,
+                   help="closed-loop planner episodes in the embedded simulator")
+    p.add_argument("--sim-explore", type=nonnegative_int, default=0,
+                   help="exploration episodes in the embedded simulator")
+    p.add_argument("--steps", type=_episode_steps, default=40,
+                   help="control steps per simulated episode (default: %(default)s)")
+    p.add_argument("--seed", type=nonnegative_int, default=50_000,
+                   help="first simulator seed (default: %(default)s, apart from eval's)")
+    p.add_argument("--quantile", type=fraction, default=None, help="threshold quantile (default: the config's)")
+    p.add_argument("--margin", type=positive_float, default=None, help="threshold margin (default: the config's)")
+    p.add_argument("--consecutive", type=positive_int, default=None,
+                   help="frames over the threshold that stop (default: the config's)")
+    p.add_argument("--whiten", action=argparse.BooleanOptionalAction, default=None,
+                   help="score whitened residuals (a Mahalanobis distance) (default: the config's, else no)")
+    p.add_argument("--workers", type=positive_int, default=1,
+                   help="parallel processes for simulated episodes (default: %(default)s)")
+    p.add_argument("--config", default=None,
+                   help="training YAML whose 'calibration' section gives the defaults (default: the shipped one)")
 
 
 _WORKER: dict = {}
@@ -65,29 +86,56 @@ def _simulate(job) -> tuple[str, np.ndarray]:
     return kind, episode_residuals(model, frames, actions)
 
 
+def check_out(out, model_path):
+    """--out is a new file or the checkpoint being recalibrated: never a directory or another file, which the
+    write would replace (checked before any episode is scored or simulated)."""
+    from jepa_wm.core.config import ConfigError
+
+    out = Path(out)
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a directory; give the checkpoint file to write in it, e.g. "
+                          f"{out / 'model.safetensors'}")
+    if out.exists() and not (Path(model_path).exists() and os.path.samefile(out, model_path)):
+        raise ConfigError(f"--out {out} exists and is not --model {model_path}: calibrating would replace it. Remove "
+                          "it, choose another --out, or pass it as --model to recalibrate it in place")
+
+
 def run(args) -> int:
     import multiprocessing
 
     from tqdm import tqdm
 
     from jepa_wm.core.checkpoint import load_checkpoint, save_checkpoint
-    from jepa_wm.core.surprise import residual_error
+    from jepa_wm.core.config import ConfigError
+    from jepa_wm.core.surprise import MIN_NOMINAL_FRAMES, residual_error
     from jepa_wm.data.dataset import checkpoint_data_config, load_episodes
     from jepa_wm.eval import plots
     from jepa_wm.eval.common import default_model_path
-    from jepa_wm.train.calibration import calibrate_residuals, episode_residuals
-    from jepa_wm.train.pipeline import load_config
+    from jepa_wm.train.calibration import calibrate_residuals, episode_residuals, scored_frames
+    from jepa_wm.train.pipeline import calibration_settings, check_config, load_config
 
     model_path = str(args.model or default_model_path())
+    check_out(args.out, model_path)
+    config = load_config(args.config)
+    check_config(config)  # a misspelled key would silently keep its default
+    settings = calibration_settings(config.get("calibration"))
+    settings.update({k: getattr(args, k) for k in settings if getattr(args, k) is not None})
+    if not (args.bags or args.sim_goals or args.sim_explore):
+        raise ConfigError("nothing to calibrate on; pass --bags and/or --sim-goals / --sim-explore")
     model, meta = load_checkpoint(model_path)
-    defaults = load_config(args.config).get("calibration", {})
-    settings = {k: getattr(args, k) if getattr(args, k) is not None else defaults.get(k, d)
-                for k, d in (("quantile", 0.999), ("margin", 1.5), ("consecutive", 2))}
     sources, residuals = [], []  # per episode
     if args.bags:
         for e in load_episodes(args.bags, checkpoint_data_config(meta)):
             sources.append("bags")
             residuals.append(episode_residuals(model, e.frames, e.actions))
+    # Before simulating (minutes): a planner episode has steps + 1 frames, an exploration episode steps.
+    skip = model.cfg.frameskip
+    scored = (sum(len(r) for r in residuals) + args.sim_goals * scored_frames(args.steps + 1, skip)
+              + args.sim_explore * scored_frames(args.steps, skip))
+    if scored < MIN_NOMINAL_FRAMES:
+        raise ConfigError(f"the calibration needs at least {MIN_NOMINAL_FRAMES} scored frames, these sources give "
+                          f"{scored} (one per {skip} frame(s) of each episode, less its first): pass more or longer "
+                          "--bags, or more --sim-goals / --sim-explore episodes or --steps")
     jobs = [(model_path, "sim/planner", args.seed + i, args.steps) for i in range(args.sim_goals)]
     jobs += [(model_path, "sim/explore", args.seed + args.sim_goals + i, args.steps) for i in range(args.sim_explore)]
     if jobs:
@@ -108,16 +156,12 @@ def run(args) -> int:
         for kind, r in results:
             sources.append(kind)
             residuals.append(r)
-    if not residuals:
-        print("jepa-wm calibrate: nothing to calibrate on; pass --bags and/or --sim-goals / --sim-explore")
-        return 2
-
     cal = calibrate_residuals(residuals, settings["quantile"], settings["margin"], settings["consecutive"],
-                              whiten=args.whiten)
+                              whiten=settings["whiten"])
     meta["surprise"] = cal.to_dict()
     meta["surprise_source"] = {"parent": model_path, "bags": [str(b) for b in args.bags],
                                "sim_goals": args.sim_goals, "sim_explore": args.sim_explore, "steps": args.steps,
-                               "seed": args.seed, "whiten": cal.whitening is not None, **settings}
+                               "seed": args.seed, **settings, "whiten": cal.whitening is not None}
     out = save_checkpoint(args.out, model, meta)
     png = Path(out).with_suffix(".surprise.png")
     scores = {}  # per source, from the residuals the calibration used

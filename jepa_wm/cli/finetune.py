@@ -6,6 +6,8 @@ surprise calibration is refreshed on the new data.
 
 from __future__ import annotations
 
+from jepa_wm.cli import check_out_dir, nonnegative_int, positive_int
+
 
 def add_arguments(p):
     p.add_argument("--model", required=True, help="parent checkpoint (.safetensors)")
@@ -14,8 +16,8 @@ def add_arguments(p):
                    help="what stays fixed: 'encoder' (dynamics-only, the default) or 'none'")
     p.add_argument("--config", default=None, help="training YAML (default: the shipped config/train.yaml); its 'finetune' section overrides 'train'")
     p.add_argument("--out", default="runs/finetune", help="output directory (resumes if it holds a run)")
-    p.add_argument("--steps", type=int, help="override finetune steps")
-    p.add_argument("--seed", type=int, help="override the seed")
+    p.add_argument("--steps", type=positive_int, help="override finetune steps")
+    p.add_argument("--seed", type=nonnegative_int, help="override the seed")
 
 
 def run(args) -> int:
@@ -23,14 +25,19 @@ def run(args) -> int:
 
     from jepa_wm.core.checkpoint import read_header
     from jepa_wm.data.dataset import checkpoint_data_config, load_episodes
-    from jepa_wm.train.pipeline import fit, load_config
+    from jepa_wm.train.pipeline import check_config, fit, load_config
+    from jepa_wm.train.trainer import TrainConfig
 
+    # Everything that can be checked without the bags is, before reading them takes minutes.
+    check_out_dir(args.out)
     config = load_config(args.config)
-    config["train"] = {**config.get("train", {}), **config.get("finetune", {}),
+    check_config(config)
+    config["train"] = {**(config.get("train") or {}), **(config.get("finetune") or {}),
                        "freeze_encoder": args.freeze == "encoder"}
     for key in ("steps", "seed"):
         if getattr(args, key) is not None:
             config["train"][key] = getattr(args, key)
+    TrainConfig.from_dict(config["train"])
     # Read the new bags the way the parent's bags were read (topics, image size, action definition, joint order).
     data = checkpoint_data_config(read_header(args.model)["meta"])
     # Where decoded frames are cached is this machine's setting, not the parent's.

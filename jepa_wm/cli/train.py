@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from jepa_wm.cli import check_out_dir, nonnegative_int, positive_int
+
 
 def add_arguments(p):
     p.add_argument("--config", default=None, help="training YAML (default: the shipped config/train.yaml)")
     p.add_argument("--bags", nargs="+", help="rosbag2 directories, or folders of them")
-    p.add_argument("--synthetic", type=int, metavar="N", help="train on N episodes of a synthetic planar arm instead of bags")
+    p.add_argument("--synthetic", type=positive_int, metavar="N",
+                   help="train on N episodes of a synthetic planar arm instead of bags")
     p.add_argument("--out", default="runs/train", help="output directory (resumes if it holds a run)")
-    p.add_argument("--steps", type=int, help="override train.steps")
-    p.add_argument("--batch-size", type=int, help="override train.batch_size")
+    p.add_argument("--steps", type=positive_int, help="override train.steps")
+    p.add_argument("--batch-size", type=positive_int, help="override train.batch_size")
     p.add_argument("--preset", help="override model.preset (tiny, sim, lewm)")
-    p.add_argument("--seed", type=int, help="override train.seed")
+    p.add_argument("--seed", type=nonnegative_int, help="override train.seed")
 
 
 def apply_overrides(config: dict, args) -> dict:
@@ -25,11 +28,17 @@ def apply_overrides(config: dict, args) -> dict:
 
 
 def run(args) -> int:
-    from jepa_wm.train.pipeline import fit, load_config
+    from jepa_wm.train.pipeline import check_config, fit, load_config, model_config
+    from jepa_wm.train.trainer import TrainConfig
 
-    config = apply_overrides(load_config(args.config), args)
     if bool(args.bags) == bool(args.synthetic):
         raise SystemExit("jepa-wm train: give exactly one of --bags DIR... or --synthetic N")
+    # Everything that can be checked without the data is, before loading bags takes minutes.
+    check_out_dir(args.out)
+    config = apply_overrides(load_config(args.config), args)
+    check_config(config)
+    TrainConfig.from_dict(config["train"])
+    model_config(config.get("model"))
     if args.synthetic:
         from jepa_wm.train.synthetic import synthetic_episodes
 

@@ -71,6 +71,9 @@ def fit_whitening(residuals, shrinkage: float = 0.01) -> np.ndarray:
     return np.linalg.inv(cov)
 
 
+MIN_NOMINAL_FRAMES = 20  # scored frames a calibration needs at least: a quantile of fewer says little
+
+
 @dataclass
 class SurpriseCalibration:
     scale: float  # median nominal prediction error
@@ -99,8 +102,8 @@ def calibrate(nominal_errors, quantile: float = 0.999, margin: float = 1.5, cons
     `whitening` is stored with the calibration when the errors were whitened.
     """
     errors = np.asarray(nominal_errors, dtype=np.float64).ravel()
-    if errors.size < 20:
-        raise ValueError(f"calibration needs at least 20 nominal frames, got {errors.size}")
+    if errors.size < MIN_NOMINAL_FRAMES:
+        raise ValueError(f"calibration needs at least {MIN_NOMINAL_FRAMES} nominal frames, got {errors.size}")
     scale = float(np.median(errors)) or 1e-12
     scores = errors / scale
     threshold = float(np.quantile(scores, quantile) * margin)

@@ -42,6 +42,12 @@ def one_step_predictions(model: WorldModel, latents: torch.Tensor, actions: torc
     return torch.stack(preds) if preds else latents[:0]
 
 
+def scored_frames(length: int, frameskip: int) -> int:
+    """How many residuals episode_residuals gives for an episode of `length` frames: one per latent step but the
+    first. Lets callers check a calibration has enough frames before training or simulating anything."""
+    return max(0, length // frameskip - 1)
+
+
 def episode_residuals(model: WorldModel, frames, actions) -> np.ndarray:
     """Per-frame prediction residuals (T'-1, D), predicted minus observed, at the model's frameskip."""
     frames, blocks = latent_steps(model, frames, actions)

@@ -20,9 +20,10 @@ from jepa_wm.core.checkpoint import load_checkpoint, save_checkpoint
 from jepa_wm.core.config import ConfigError, ModelConfig
 from jepa_wm.core.model import build_model
 from jepa_wm.core.planner import JointMetric
+from jepa_wm.core.surprise import MIN_NOMINAL_FRAMES
 from jepa_wm.data.dataset import ClipDataset, action_stats, split_episodes
 from jepa_wm.resources import config_file
-from jepa_wm.train.calibration import calibrate_model, encode_frames
+from jepa_wm.train.calibration import calibrate_model, encode_frames, scored_frames
 from jepa_wm.train.trainer import TrainConfig, is_main_process, train
 
 
@@ -31,7 +32,13 @@ def load_config(path=None) -> dict:
     path = Path(path) if path else config_file("train.yaml")
     if not path.is_file():
         raise FileNotFoundError(f"training config {path} does not exist")
-    return yaml.safe_load(path.read_text()) or {}
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"training config {path} is not valid YAML: {e}") from e
+    if not isinstance(config, dict):
+        raise ConfigError(f"training config {path} must be a mapping of sections, got {type(config).__name__}")
+    return config
 
 
 SECTIONS = ("model", "data", "val_fraction", "train", "finetune", "calibration")
@@ -40,10 +47,40 @@ CALIBRATION_KEYS = ("quantile", "margin", "consecutive", "whiten")
 
 def check_config(config: dict):
     """Refuse keys the training config does not have (a misspelled section would silently keep its defaults)."""
+    for name in ("model", "data", "train", "finetune", "calibration"):
+        if not isinstance(config.get(name) or {}, dict):
+            raise ConfigError(f"training config: section {name!r} must be a mapping of keys, "
+                              f"got {config[name]!r}")
     for where, section, known in (("training config", config, SECTIONS),
                                   ("calibration", config.get("calibration") or {}, CALIBRATION_KEYS)):
         if unknown := sorted(set(section) - set(known)):
             raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys are {sorted(known)}")
+    vf = config.get("val_fraction", 0.1)
+    if isinstance(vf, bool) or not isinstance(vf, (int, float)) or not 0 <= vf <= 1:
+        raise ConfigError(f"training config: val_fraction must be a number in [0, 1], got {vf!r}")
+    calibration_settings(config.get("calibration"))
+
+
+CALIBRATION_DEFAULTS = {"quantile": 0.999, "margin": 1.5, "consecutive": 2, "whiten": False}
+
+
+def calibration_settings(section: dict | None) -> dict:
+    """The calibration section with its defaults filled in, each value checked (a bad one would fail only after
+    training, or name a derived threshold instead of the key)."""
+    settings = {**CALIBRATION_DEFAULTS, **(section or {})}
+    q, m, c, w = (settings[k] for k in ("quantile", "margin", "consecutive", "whiten"))
+
+    def number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    for ok, key, what in ((number(q) and 0 <= q <= 1, "quantile", "a number in [0, 1]"),
+                          (number(m) and 0 < m < float("inf"), "margin", "a finite number > 0"),
+                          (isinstance(c, int) and not isinstance(c, bool) and c >= 1, "consecutive",
+                           "an integer >= 1"),
+                          (isinstance(w, bool), "whiten", "true or false")):
+        if not ok:
+            raise ConfigError(f"calibration.{key} must be {what}, got {settings[key]!r}")
+    return settings
 
 
 def model_config(section: dict, **overrides) -> ModelConfig:
@@ -133,7 +170,7 @@ def fit(episodes, config: dict, out_dir, parent: str | None = None, sources=None
     out = Path(out_dir)
     check_config(config)
     tcfg = TrainConfig.from_dict(config.get("train", {}))
-    cal = config.get("calibration", {})
+    cal = calibration_settings(config.get("calibration"))
     train_eps, val_eps = split_episodes(episodes, config.get("val_fraction", 0.1), tcfg.seed)
     joints = {ep.actions.shape[1] for ep in episodes}
     if len(joints) != 1:
@@ -158,12 +195,22 @@ def fit(episodes, config: dict, out_dir, parent: str | None = None, sources=None
     cfg = model.cfg
     train_set = ClipDataset(train_eps, cfg.clip_len, cfg.frameskip)
     span = cfg.clip_len * cfg.frameskip
+    val_fraction = config.get("val_fraction", 0.1)
     if not any(len(ep) >= span for ep in val_eps):  # else the first validation fails, steps in, with nothing saved
-        raise ValueError(
-            f"no validation clips: {len(episodes)} episode(s) with val_fraction {config.get('val_fraction', 0.1)} "
+        raise ConfigError(
+            f"no validation clips: {len(episodes)} episode(s) with val_fraction {val_fraction} "
             f"leave {len(val_eps)} for validation, and a clip needs an episode of {span} frames. Record more "
             "episodes (each bag is one, or several where the camera paused longer than data.max_gap_s), or "
             "raise val_fraction")
+    # The surprise calibration after training scores the validation episodes: too few frames would fail it only
+    # after the whole run, leaving a model without a threshold.
+    if (scored := sum(scored_frames(len(ep), cfg.frameskip) for ep in val_eps)) < MIN_NOMINAL_FRAMES:
+        raise ConfigError(
+            f"the surprise calibration needs at least {MIN_NOMINAL_FRAMES} scored validation frames, but the "
+            f"{len(val_eps)} validation episode(s) ({', '.join(str(len(ep)) for ep in val_eps)} frames; "
+            f"val_fraction {val_fraction} of {len(episodes)}) give {scored}. Record more or longer episodes"
+            # split_episodes keeps one episode for training, so val_fraction can help only below that
+            + (", or raise val_fraction" if len(val_eps) < len(episodes) - 1 else ""))
     val_set = ClipDataset(val_eps, cfg.clip_len, cfg.frameskip)
     all_actions = np.concatenate([ep.actions for ep in train_eps])
     max_step = np.max([np.abs(np.diff(ep.actions, axis=0)).max(0) for ep in train_eps if len(ep) > 1], axis=0)
@@ -195,8 +242,8 @@ def fit(episodes, config: dict, out_dir, parent: str | None = None, sources=None
     model.cpu()  # calibration and the joint probe feed it CPU frames, and the checkpoint is saved from here
     path = out / "model.safetensors"
     if is_main_process():
-        calibration = calibrate_model(model, val_eps, cal.get("quantile", 0.999), cal.get("margin", 1.5),
-                                      cal.get("consecutive", 2), cal.get("whiten", False))
+        calibration = calibrate_model(model, val_eps, cal["quantile"], cal["margin"], cal["consecutive"],
+                                      cal["whiten"])
         meta.update(step=tcfg.steps, metrics=metrics, surprise=calibration.to_dict(), train_seconds=round(time.time() - t0, 1),
                     train_config=config, joint_metric=fit_joint_metric(model, train_eps).to_dict())
         save_checkpoint(path, model, meta)
