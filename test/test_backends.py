@@ -217,6 +217,25 @@ def test_export_cli_defaults_to_the_planner_configs_horizon_and_records_the_chec
     assert json.loads((tmp_path / "b" / "manifest.json").read_text())["horizon"] == 4
 
 
+def test_export_refuses_bad_input_before_any_work(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["export", "--preset", "tiny", "--out", str(tmp_path / "a"), "--horizon", "0"])
+    assert "argument --horizon: '0' is not an integer >= 1" in capsys.readouterr().err
+    taken = tmp_path / "taken"
+    taken.write_text("")
+    assert main(["export", "--preset", "tiny", "--out", str(taken)]) == 2
+    assert f"{taken} exists and is not a directory" in capsys.readouterr().err
+    for text, message in (("planner:\n  ros__parameters:\n    horizn: 3\n", "unknown key(s) ['horizn']"),
+                          ("planer:\n  ros__parameters:\n    horizon: 3\n", "no 'planner: ros__parameters:' section"),
+                          ("planner:\n  ros__parameters:\n    horizon: 0\n", "horizon is 0")):
+        config = tmp_path / "planner.yaml"
+        config.write_text(text)
+        assert main(["export", "--preset", "tiny", "--out", str(tmp_path / "b"), "--planner-config", str(config)]) == 2
+        err = capsys.readouterr().err
+        assert f"--planner-config {config}" in err and message in err, err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
 def test_a_history_1_model_exports_and_verifies(tmp_path):
     from jepa_wm.cli.export import verify
 

@@ -138,10 +138,81 @@ def test_eval_writes_the_report_and_the_plots(tiny_checkpoint, tmp_path, capsys)
     assert "reach: success" in printed and "surprise closed loop: threshold" in printed and "AUROC" in printed
 
 
-def test_changed_robot_flags_reach_the_simulator(tiny_checkpoint, tmp_path):
-    with pytest.raises(ValueError, match="joint_gain_scale has 2 values"):
-        cli(["eval", "--model", str(tiny_checkpoint), "--goals", "1", "--budget", "1", "--surprise-episodes", "0",
-             "--joint-gain-scale", "1", "0.5", "--out", str(tmp_path)])
+def test_changed_robot_flags_reach_the_simulator(tiny_checkpoint, tmp_path, capsys):
+    base = ["eval", "--model", str(tiny_checkpoint), "--goals", "1", "--budget", "1", "--surprise-episodes", "0",
+            "--out", str(tmp_path)]
+    assert cli(base + ["--joint-gain-scale", "1", "0.5"]) == 2
+    assert "joint_gain_scale has 2 values" in capsys.readouterr().err
+    assert cli(base + ["--added-mass", "nobody=1"]) == 2
+    assert "added_mass names body 'nobody'" in capsys.readouterr().err
+    assert not (tmp_path / "report.json").exists()
+
+
+@pytest.mark.parametrize("cfg, message", [
+    (dict(control_dt=0), "control_dt is 0"),
+    (dict(control_dt=float("nan")), "control_dt is nan"),
+    (dict(width=0), "image width is 0"),
+    (dict(width=4096), "image size 4096x64"),
+    (dict(camera="nocam"), "camera 'nocam' not found"),
+    (dict(joint_gain_scale=[1.0, -1.0, 1.0]), "joint_gain_scale"),
+    (dict(added_mass={"pusher": -100.0}), "added_mass pusher=-100.0"),
+])
+def test_simulator_configuration_errors_are_config_errors(cfg, message):
+    """ConfigError, not a bare ValueError: the CLI reports it in one line instead of a traceback."""
+    from jepa_wm.core.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        ArmSim(SimConfig(**cfg))
+
+
+@pytest.mark.parametrize("flag, value", [
+    ("--goals", "0"), ("--goals", "-1"), ("--budget", "0"), ("--surprise-episodes", "-1"), ("--tolerance", "0"),
+    ("--object-tolerance", "nan"), ("--seed", "-1"),
+])
+def test_eval_refuses_bad_numbers_on_the_command_line(tmp_path, capsys, flag, value):
+    with pytest.raises(SystemExit) as e:
+        cli(["eval", flag, value, "--out", str(tmp_path)])
+    assert e.value.code == 2
+    assert f"argument {flag}: '{value}' is not" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("text, message", [
+    ("planner:\n  ros__parameters:\n    sampels: 64\n",
+     r"unknown key\(s\) \['sampels'\].*did you mean 'sampels' -> 'samples'"),
+    ("planer:\n  ros__parameters:\n    samples: 64\n", r"no 'planner: ros__parameters:' section .*\['planer'\]"),
+    ("planner:\n  ros__parameters:\n    samples: many\n", "ros__parameters.samples is 'many'; it must be an integer"),
+    ("planner: [\n", "not valid YAML"),
+    (None, "no such file"),
+])
+def test_eval_refuses_a_bad_planner_config_before_any_work(tmp_path, capsys, text, message):
+    import re
+
+    path = tmp_path / "planner.yaml"
+    if text is not None:
+        path.write_text(text)
+    out = tmp_path / "eval"
+    assert cli(["eval", "--planner-config", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"--planner-config {path}" in err and re.search(message, err), err
+    assert not out.exists()
+
+
+def test_a_planner_config_may_hold_any_subset_of_the_nodes_parameters(tmp_path):
+    from jepa_wm.eval.common import planner_config
+
+    path = tmp_path / "planner.yaml"
+    path.write_text("planner:\n  ros__parameters:\n    model: other.safetensors\n    samples: 32\n")
+    cfg = planner_config(path)
+    assert cfg.samples == 32 and cfg.elites == planner_config().elites  # unset keys keep the node's defaults
+
+
+def test_eval_refuses_an_out_that_is_a_file(tmp_path, capsys):
+    taken = tmp_path / "taken"
+    taken.write_text("")
+    for out in (taken, taken / "sub"):
+        assert cli(["eval", "--out", str(out)]) == 2
+        assert f"{taken} exists and is not a directory; choose another --out" in capsys.readouterr().err
 
 
 def test_calibrate_refits_the_threshold_on_simulated_closed_loop_runs(tiny_checkpoint, tmp_path, capsys):

@@ -21,18 +21,21 @@ STEPS = 40  # control steps per surprise episode
 
 
 def add_arguments(p):
+    from jepa_wm.cli import nonnegative_int, positive_float, positive_int
     from jepa_wm.cli.collect import add_robot_change_arguments
 
     p.add_argument("--model", default=None, help="checkpoint (default: the shipped models/sim.safetensors)")
-    p.add_argument("--goals", type=int, default=50, help="number of seeded goals (default: %(default)s)")
-    p.add_argument("--budget", type=int, default=30, help="control steps per goal (default: %(default)s)")
-    p.add_argument("--tolerance", type=float, default=0.1, help="success: max joint error in rad (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=1000, help="first goal seed (default: %(default)s)")
+    p.add_argument("--goals", type=positive_int, default=50, help="number of seeded goals (default: %(default)s)")
+    p.add_argument("--budget", type=positive_int, default=30, help="control steps per goal (default: %(default)s)")
+    p.add_argument("--tolerance", type=positive_float, default=0.1,
+                   help="success: max joint error in rad (default: %(default)s)")
+    p.add_argument("--seed", type=nonnegative_int, default=1000, help="first goal seed (default: %(default)s)")
     p.add_argument("--push", action="store_true", help="also evaluate pushing the object to a goal image")
-    p.add_argument("--object-tolerance", type=float, default=0.02,
+    p.add_argument("--object-tolerance", type=positive_float, default=0.02,
                    help="push success: the object within this many metres of its goal position (default: %(default)s)")
-    p.add_argument("--surprise-episodes", type=int, default=20, help="episodes per event type (0 skips surprise)")
-    p.add_argument("--planner-config", default=None, help="YAML with planner settings (default: config/planner.yaml)")
+    p.add_argument("--surprise-episodes", type=nonnegative_int, default=20, help="episodes per event type (0 skips surprise)")
+    p.add_argument("--planner-config", default=None,
+                   help="planner parameters overlaid on config/planner.yaml (any subset of its keys)")
     p.add_argument("--out", default="runs/eval", help="output directory (default: %(default)s)")
     add_robot_change_arguments(p)
 
@@ -45,16 +48,18 @@ def run(args) -> int:
     from jepa_wm.core.surprise import SurpriseCalibration
     from jepa_wm.data.dataset import Episode
     from jepa_wm.eval import goals, plots, surprise_events
+    from jepa_wm.cli import check_out_dir
     from jepa_wm.eval.common import default_model_path, make_sim, planner_config
     from jepa_wm.sim.explore import ExplorationPolicy
     from jepa_wm.train.calibration import calibrate_model
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    # Every input is checked before the first (slow) episode: a mistake costs seconds, not the run.
+    out = check_out_dir(args.out)
+    pcfg = planner_config(args.planner_config)
     model_path = args.model or default_model_path()
     model, meta = load_checkpoint(model_path)
     sim = make_sim(meta, **robot_change(args))
-    pcfg = planner_config(args.planner_config)
+    out.mkdir(parents=True, exist_ok=True)
     report = {"model": str(model_path), "planner": vars(pcfg), "goals": args.goals, "budget": args.budget,
               "tolerance_rad": args.tolerance, "object_tolerance_m": args.object_tolerance}
 

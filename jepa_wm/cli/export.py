@@ -6,16 +6,19 @@ import sys
 
 
 def add_arguments(p):
+    from jepa_wm.cli import nonnegative_int, positive_int
+
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="checkpoint (.safetensors) to export")
     src.add_argument("--preset", help="export a randomly initialised model of this preset (tiny, sim, lewm): benchmarks")
     p.add_argument("--out", required=True, help="output directory (encoder.onnx, predictor.onnx, rollout.onnx, manifest.json)")
-    p.add_argument("--horizon", type=int, default=None,
+    p.add_argument("--horizon", type=positive_int, default=None,
                    help="planning horizon baked into rollout.onnx (default: the planner's `horizon` in --planner-config)")
     p.add_argument("--planner-config", default=None,
-                   help="planner parameters file whose `horizon` is the default of --horizon (default: config/planner.yaml)")
+                   help="planner parameters overlaid on config/planner.yaml (any subset of its keys); "
+                        "its `horizon` is the default of --horizon")
     p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the random weights and check inputs")
 
 
 def verify(model, out_dir, seed: int = 0, batches=(1, 7)) -> dict:
@@ -54,26 +57,26 @@ def load_model(args):
 
 
 def planner_horizon(path=None) -> int:
-    """The planner node's `horizon` (config/planner.yaml by default): the export must match what it plans."""
+    """The planner node's `horizon` (config/planner.yaml, overlaid with `path`): the export must match what it plans."""
+    from jepa_wm.core.config import ConfigError
     from jepa_wm.eval.common import node_parameters
 
-    try:
-        return int(node_parameters("planner", path)["horizon"])
-    except (KeyError, TypeError):
-        raise ValueError(f"{path or 'config/planner.yaml'} has no planner.ros__parameters.horizon: pass --horizon") from None
+    horizon = node_parameters("planner", path).get("horizon")
+    if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
+        where = f"--planner-config {path}" if path else "config/planner.yaml"
+        raise ConfigError(f"{where}: planner.ros__parameters.horizon is {horizon!r}, not an integer >= 1: "
+                          "fix it or pass --horizon")
+    return horizon
 
 
 def run(args) -> int:
     from jepa_wm.backends.onnx_export import export_onnx
+    from jepa_wm.cli import check_out_dir
 
-    if args.horizon is not None and args.horizon < 1:
-        print(f"error: --horizon is {args.horizon}; it must be >= 1", file=sys.stderr)
-        return 2
-    try:
-        horizon = args.horizon or planner_horizon(getattr(args, "planner_config", None))
-    except (OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    check_out_dir(args.out)
+    # Read even when --horizon overrides it: a mistake in the file should not pass unnoticed.
+    horizon = planner_horizon(getattr(args, "planner_config", None))
+    horizon = args.horizon or horizon
     model = load_model(args)
     manifest = export_onnx(model, args.out, horizon=horizon, checkpoint=args.model)
     print(f"exported {', '.join(manifest['files'].values())} to {args.out} "

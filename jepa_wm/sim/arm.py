@@ -23,6 +23,8 @@ os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering; must precede th
 import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
 
+from jepa_wm.core.config import ConfigError  # noqa: E402
+
 BUILTIN_SCENE = Path(__file__).resolve().parent / "assets" / "arm_push.xml"
 
 
@@ -71,16 +73,36 @@ def _names(model, kind, count) -> list[str]:
     return [_name(model, kind, i) for i in range(count)]
 
 
+def _check_numbers(cfg: SimConfig):
+    """Refuse SimConfig numbers no scene can take, before loading one (the scene-dependent checks come later)."""
+    if not (isinstance(cfg.control_dt, (int, float, np.number)) and 0 < cfg.control_dt < np.inf):
+        raise ConfigError(f"control_dt is {cfg.control_dt!r}; it must be a finite number of seconds > 0")
+    for name in ("width", "height"):
+        v = getattr(cfg, name)
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
+            raise ConfigError(f"image {name} is {v!r}; it must be an integer >= 1")
+    if not 0 <= cfg.object_jitter < np.inf:
+        raise ConfigError(f"object_jitter is {cfg.object_jitter!r}; it must be a finite number of metres >= 0")
+    # A negative gain turns the servo into positive feedback; non-finite values poison the physics.
+    if not all(0 <= v < np.inf for v in cfg.joint_gain_scale):
+        raise ConfigError(f"joint_gain_scale {list(cfg.joint_gain_scale)} must hold finite numbers >= 0")
+    if not all(np.isfinite(v) for v in cfg.joint_offset):
+        raise ConfigError(f"joint_offset {list(cfg.joint_offset)} must hold finite numbers")
+    if not all(np.isfinite(v) for v in cfg.added_mass.values()):
+        raise ConfigError(f"added_mass {dict(cfg.added_mass)} must hold finite masses in kg")
+
+
 class ArmSim:
     def __init__(self, cfg: SimConfig | None = None):
         self.cfg = cfg = cfg or SimConfig()
+        _check_numbers(cfg)
         path = BUILTIN_SCENE if cfg.scene in ("", "builtin") else Path(cfg.scene).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"scene file {path} does not exist (use 'builtin' or an MJCF path)")
         try:
             self.model = mujoco.MjModel.from_xml_path(str(path))
         except ValueError as e:
-            raise ValueError(f"MuJoCo cannot load scene {path}: {e}") from None
+            raise ConfigError(f"MuJoCo cannot load scene {path}: {e}") from None
         self.data = mujoco.MjData(self.model)
         self._scratch = mujoco.MjData(self.model)  # for render_state and IK, never stepped
         self._resolve_names(path)
@@ -88,12 +110,15 @@ class ArmSim:
         self._substeps = round(cfg.control_dt / dt)
         if self._substeps < 1 or abs(self._substeps * dt - cfg.control_dt) > 1e-6 * cfg.control_dt:
             # Else a step simulates another time than control_dt, and /clock and the bags' stamps drift from it.
-            raise ValueError(f"control_dt {cfg.control_dt} s is not a whole number of scene {path}'s physics steps "
+            raise ConfigError(f"control_dt {cfg.control_dt} s is not a whole number of scene {path}'s physics steps "
                              f"({dt} s): use a multiple of {dt} s, or change the scene's <option timestep>")
         self._defaults = (self.model.body_mass.copy(), self.model.body_inertia.copy(),
                           self.model.actuator_gainprm.copy(), self.model.actuator_biasprm.copy())
         self._default_armature = self.model.dof_armature.copy()
-        self._renderer = mujoco.Renderer(self.model, cfg.height, cfg.width)
+        try:
+            self._renderer = mujoco.Renderer(self.model, cfg.height, cfg.width)
+        except ValueError as e:  # an image larger than the scene's offscreen framebuffer
+            raise ConfigError(f"image size {cfg.width}x{cfg.height} does not fit scene {path}: {e}") from None
         self._render_lock = threading.Lock()
         self._rng = np.random.default_rng(cfg.seed)
         self._blocked: dict[int, float] = {}
@@ -107,7 +132,7 @@ class ArmSim:
         m, cfg = self.model, self.cfg
         cameras = _names(m, mujoco.mjtObj.mjOBJ_CAMERA, m.ncam)
         if cfg.camera not in cameras:
-            raise ValueError(f"camera {cfg.camera!r} not found in scene {path}; it has cameras {cameras}")
+            raise ConfigError(f"camera {cfg.camera!r} not found in scene {path}; it has cameras {cameras}")
         self._camera = cfg.camera
         # Each arm joint is driven by the position actuator whose transmission targets it. Only a position servo
         # (force = kp (ctrl - q) ...) takes a command in radians, as ros2_control's position interface does: a
@@ -124,12 +149,12 @@ class ArmSim:
         joints = _names(m, mujoco.mjtObj.mjOBJ_JOINT, m.njnt)
         for n in names:
             if n not in joints:
-                raise ValueError(f"joint {n!r} not found in scene {path}; it has joints {joints}")
+                raise ConfigError(f"joint {n!r} not found in scene {path}; it has joints {joints}")
             if n not in actuated:
-                raise ValueError(f"joint {n!r} in scene {path} has no position actuator (a <motor> or <velocity> "
+                raise ConfigError(f"joint {n!r} in scene {path} has no position actuator (a <motor> or <velocity> "
                                  "does not take positions); add a <position> actuator for it")
         if not names:
-            raise ValueError(f"scene {path} has no hinge or slide joints driven by <position> actuators")
+            raise ConfigError(f"scene {path} has no hinge or slide joints driven by <position> actuators")
         self._joint_names = names
         jids = [actuated[n][0] for n in names]
         self._act = np.array([actuated[n][1] for n in names])
@@ -141,7 +166,7 @@ class ArmSim:
         self._obj_qpos = None
         if cfg.object_body:
             if cfg.object_body not in bodies:
-                raise ValueError(f"object body {cfg.object_body!r} not found in scene {path}; it has bodies {bodies}")
+                raise ConfigError(f"object body {cfg.object_body!r} not found in scene {path}; it has bodies {bodies}")
             self._obj_body = bodies.index(cfg.object_body)
         else:
             free = [j for j in range(m.njnt) if m.jnt_type[j] == int(mujoco.mjtJoint.mjJNT_FREE)]
@@ -149,13 +174,13 @@ class ArmSim:
         if self._obj_body is not None:
             j = m.body_jntadr[self._obj_body]
             if j < 0 or m.jnt_type[j] != int(mujoco.mjtJoint.mjJNT_FREE):
-                raise ValueError(f"object body {bodies[self._obj_body]!r} in scene {path} needs a free joint to move")
+                raise ConfigError(f"object body {bodies[self._obj_body]!r} in scene {path} needs a free joint to move")
             self._obj_qpos, self._obj_dof = int(m.jnt_qposadr[j]), int(m.jnt_dofadr[j])
 
         sites = _names(m, mujoco.mjtObj.mjOBJ_SITE, m.nsite)
         site = cfg.ee_site or ("ee" if "ee" in sites else "")
         if site and site not in sites:
-            raise ValueError(f"end-effector site {site!r} not found in scene {path}; it has sites {sites}")
+            raise ConfigError(f"end-effector site {site!r} not found in scene {path}; it has sites {sites}")
         self._ee_site = sites.index(site) if site else None
         self._ee_body = int(m.jnt_bodyid[jids[-1]])
         moved = {int(m.jnt_bodyid[j]) for j in jids}
@@ -231,20 +256,25 @@ class ArmSim:
     def _apply_robot_change(self):
         scales = self.cfg.joint_gain_scale
         if scales and len(scales) != self.n_joints:
-            raise ValueError(f"joint_gain_scale has {len(scales)} values; the arm has {self.n_joints} joints")
+            raise ConfigError(f"joint_gain_scale has {len(scales)} values; the arm has {self.n_joints} joints")
         for i, scale in enumerate(scales):
             if scale != 1.0:
                 self.set_joint_gain(i, scale)
         offsets = self.cfg.joint_offset
         if offsets and len(offsets) != self.n_joints:
-            raise ValueError(f"joint_offset has {len(offsets)} values; the arm has {self.n_joints} joints")
+            raise ConfigError(f"joint_offset has {len(offsets)} values; the arm has {self.n_joints} joints")
         for a, off in zip(self._act, offsets):  # force = kp * (command + offset - q)
             self.model.actuator_biasprm[a, 0] = self.model.actuator_gainprm[a, 0] * off
         for body, kg in self.cfg.added_mass.items():
             b = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_BODY, body)
             if b < 0:
-                raise ValueError(f"added_mass names body {body!r}, which is not in the scene")
-            self.set_link_mass(body, float(self._defaults[0][b]) + kg)
+                bodies = _names(self.model, mujoco.mjtObj.mjOBJ_BODY, self.model.nbody)
+                raise ConfigError(f"added_mass names body {body!r}, which is not in the scene; it has bodies {bodies}")
+            mass = float(self._defaults[0][b]) + kg
+            if not mass > 0:
+                raise ConfigError(f"added_mass {body}={kg} leaves body {body!r} with mass {mass:g} kg; "
+                                  "it must stay > 0")
+            self.set_link_mass(body, mass)
 
     def _check_joints(self, joint_pos) -> np.ndarray:
         q = np.asarray(joint_pos, float)
