@@ -1,6 +1,8 @@
-"""`jepa-wm bench --quick` measures every CPU backend and writes the documented JSON."""
+"""`jepa-wm bench --quick` measures every CPU backend and writes the documented JSON; bad flags fail up front."""
 
 import json
+
+import pytest
 
 from jepa_wm.cli import main
 
@@ -31,3 +33,45 @@ def test_quick_bench_writes_the_documented_json(tmp_path, capsys):
     # ONNX Runtime runs the fp32 graph: the same plans as PyTorch fp32.
     assert got["onnxruntime"]["plan_agreement"]["first_action_max_abs_diff"] < 1e-4
     assert "cold plan ms" in capsys.readouterr().out
+
+
+def test_help_hides_the_worker_flag(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "--worker" not in out and "SUPPRESS" not in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--problems", "0"], "argument --problems: '0' is not an integer >= 1"),
+    (["--threads", "-3"], "argument --threads: '-3' is not an integer >= 0"),
+])
+def test_bad_numbers_are_usage_errors(capsys, argv, message):
+    with pytest.raises(SystemExit) as e:
+        main(["bench", *argv])
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--presets", "huge"], "--presets: unknown ['huge']; choose from"),
+    (["--backends", "cuda"], "--backends: unknown ['cuda']; choose from"),
+    (["--out", "."], "--out . is a directory"),
+])
+def test_bad_choices_fail_before_any_benchmarking(tmp_path, monkeypatch, capsys, argv, message):
+    import jepa_wm.cli.bench as bench
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(bench, "matmul_gflops", lambda *a, **k: pytest.fail("benchmarked before checking the flags"))
+    assert main(["bench", "--quick", "--backends", "torch-fp32", *argv]) == 2
+    assert f"jepa-wm bench: error: {message}" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("batch", ["5,1,2", "abc", "1,2", "0,1,2", "1,2,3,4"])
+def test_build_engine_batch_must_be_min_opt_max(tmp_path, capsys, batch):
+    with pytest.raises(SystemExit) as e:
+        main(["build-engine", "--onnx", "x.onnx", "--engine", str(tmp_path / "x.plan"), "--batch", batch])
+    assert e.value.code == 2
+    assert f"argument --batch: '{batch}' is not MIN,OPT,MAX" in capsys.readouterr().err

@@ -500,9 +500,6 @@ def test_collect_object_jitter_sets_how_far_the_object_starts_from_its_place(tmp
     np.testing.assert_allclose(starts[0.0], np.broadcast_to(starts[0.0][0], (4, 2)), atol=1e-6)
     offsets = np.abs(starts[0.2] - starts[0.0][0])
     assert offsets.max() <= 0.2 + 1e-6 and offsets.max() > 0.1  # beyond the default 0.1 in 4 seeded episodes
-    with pytest.raises(SystemExit, match="--object-jitter must be >= 0"):
-        main(["collect", "--out", str(tmp_path / "x"), "--episodes", "1", "--object-jitter", "-0.1"])
-    assert not (tmp_path / "x").exists()
 
 
 def test_collect_extends_a_dataset_into_empty_folders(tmp_path):
@@ -516,6 +513,39 @@ def test_collect_extends_a_dataset_into_empty_folders(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["collect_00003.yaml", "episode_00003"]
     [ep] = load_episodes(out, DataConfig(image_size=16, cache_dir=str(tmp_path / "cache")), progress=False)
     assert len(ep) == 3
-    with pytest.raises(SystemExit, match="--steps >= 2"):
-        main(["collect", "--out", str(tmp_path / "x"), "--episodes", "1", "--steps", "1"])
+
+
+@pytest.mark.parametrize("flag, value, expected", [
+    ("--episodes", "0", "an integer >= 1"), ("--steps", "1", "an integer >= 2"),
+    ("--object-jitter", "-0.1", "a finite number >= 0"), ("--push-fraction", "2", "a number in [0, 1]"),
+    ("--width", "0", "an integer >= 1"), ("--height", "0", "an integer >= 1"),
+    ("--control-dt", "0", "a finite number > 0"), ("--max-step", "0", "a finite number > 0"),
+    ("--workers", "0", "an integer >= 1"), ("--seed", "-1", "an integer >= 0"),
+    ("--first-index", "-1", "an integer >= 0"), ("--joint-gain-scale", "-1", "a finite number >= 0"),
+])
+def test_collect_rejects_bad_numbers_before_writing_anything(tmp_path, capsys, flag, value, expected):
+    from jepa_wm.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["collect", "--out", str(tmp_path / "x"), flag, value])
+    assert e.value.code == 2
+    assert f"argument {flag}: '{value}' is not {expected}" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_a_failed_collect_leaves_no_manifest_or_folder(tmp_path, capsys):
+    """A scene that cannot load fails the first episode: nothing may describe episodes that were never recorded."""
+    pytest.importorskip("mujoco", reason="jepa-wm collect needs mujoco")
+    from jepa_wm.cli import main
+
+    out = tmp_path / "c5"
+    assert main(["collect", "--out", str(out), "--episodes", "1", "--steps", "2",
+                 "--scene", str(tmp_path / "nonexistent.xml")]) == 2
+    assert "nonexistent.xml does not exist" in capsys.readouterr().err
+    assert not out.exists()
+    # Into an existing dataset: what was there stays, and no manifest is added.
+    out.mkdir()
+    (out / "collect_00000.yaml").write_text("earlier: run\n")
+    assert main(["collect", "--out", str(out), "--episodes", "1", "--steps", "2", "--first-index", "1",
+                 "--scene", str(tmp_path / "nonexistent.xml")]) == 2
+    assert sorted(p.name for p in out.iterdir()) == ["collect_00000.yaml"]

@@ -5,16 +5,16 @@ import sys
 
 import pytest
 
-pytest.importorskip("rclpy", reason="rclpy (ros-rclpy wheels or a ROS 2 install) is needed for the demo")
-pytest.importorskip("mujoco", reason="the embedded simulator needs mujoco")
-
-from jepa_wm.resources import model_file  # noqa: E402
+from jepa_wm.cli import main
+from jepa_wm.resources import model_file
 
 MODEL = model_file()  # the checkpoint the demo loads by default
 
 
 @pytest.mark.skipif(not MODEL.is_file(), reason=f"no trained checkpoint at {MODEL} (train one with `jepa-wm train`)")
 def test_demo_reaches_its_goals_passes_its_safety_checks_and_writes_its_summary(tmp_path, ros_domain):
+    pytest.importorskip("rclpy", reason="rclpy (ros-rclpy wheels or a ROS 2 install) is needed for the demo")
+    pytest.importorskip("mujoco", reason="the embedded simulator needs mujoco")
     out = tmp_path / "results" / "summary"  # a folder that does not exist yet, and a name without ".png"
     # ros_domain has put this test's own ROS domain, localhost only, into the environment the demo inherits.
     r = subprocess.run([sys.executable, "-m", "jepa_wm", "demo", "--out", str(out)], capture_output=True, text=True,
@@ -25,3 +25,21 @@ def test_demo_reaches_its_goals_passes_its_safety_checks_and_writes_its_summary(
     assert "reached 2/2 goals" in r.stdout, log[-4000:]
     assert f"summary written to {out};" in r.stdout
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", "the summary is not a PNG at the path asked for"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--goals", "0"], "argument --goals: '0' is not an integer >= 1"),
+    (["--budget", "-1"], "argument --budget: '-1' is not a finite number > 0"),
+    (["--tolerance", "0"], "argument --tolerance: '0' is not a finite number > 0"),
+    (["--consecutive", "-1"], "argument --consecutive: '-1' is not an integer >= 0"),
+])
+def test_bad_numbers_are_usage_errors(capsys, argv, message):
+    with pytest.raises(SystemExit) as e:
+        main(["demo", *argv])
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_an_out_folder_fails_before_the_demo_runs(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path)]) == 2  # before any node starts: this returns at once
+    assert f"jepa-wm demo: error: --out {tmp_path} is a directory" in capsys.readouterr().err

@@ -31,6 +31,7 @@ JSON fields (one record per preset x backend in "results"):
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -42,6 +43,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from jepa_wm.cli import nonnegative_int, positive_int
+
 BACKENDS = ["torch-fp32", "torch-bf16", "onnxruntime", "tensorrt"]
 FIRST_ACTION_TOL = 0.05
 
@@ -52,13 +55,10 @@ def add_arguments(p):
     p.add_argument("--backends", default=None,
                    help=f"comma list from {BACKENDS} (default: all; torch-bf16 only where the CPU has bf16 instructions)")
     p.add_argument("--model", default=None, help="checkpoint for the sim preset (default models/sim.safetensors if present)")
-    p.add_argument("--problems", type=int, default=None, help="seeded planning problems per config (default 3)")
+    p.add_argument("--problems", type=positive_int, default=None, help="seeded planning problems per config (default 3)")
     p.add_argument("--out", default="bench.json", help="JSON output path")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
-    p.add_argument("--worker", default=None, help=SUPPRESS)
-
-
-SUPPRESS = "==SUPPRESS=="
+    p.add_argument("--threads", type=nonnegative_int, default=0, help="torch threads (0: all cores)")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
 
 
 def lewm_planner():
@@ -316,19 +316,27 @@ def run(args) -> int:
 
     from jepa_wm.backends.onnx_export import export_onnx
     from jepa_wm.backends.torch_backend import bf16_is_fast
-    from jepa_wm.core.config import PlannerConfig
+    from jepa_wm.core.config import PRESETS, PlannerConfig
 
     if args.worker:  # not used by the CLI; kept for symmetry with `python -m jepa_wm.cli.bench SPEC`
         print(json.dumps(worker(json.loads(Path(args.worker).read_text()))))
         return 0
+    # Every mistake in the command line is reported here, before minutes of benchmarking.
+    out = Path(args.out)
+    if out.is_dir():
+        print(f"jepa-wm bench: error: --out {out} is a directory; give the path of the JSON file to write",
+              file=sys.stderr)
+        return 2
+    presets = [p.strip() for p in (args.presets or ("tiny" if args.quick else "sim,lewm")).split(",") if p.strip()]
+    wanted = [b.strip() for b in (args.backends or ",".join(BACKENDS)).split(",") if b.strip()]
+    for flag, names, known in (("--presets", presets, sorted(PRESETS)), ("--backends", wanted, BACKENDS)):
+        unknown = sorted(set(names) - set(known))
+        if unknown or not names:
+            what = f"unknown {unknown}" if unknown else "none given"
+            print(f"jepa-wm bench: error: {flag}: {what}; choose from {known}", file=sys.stderr)
+            return 2
     threads = args.threads or os.cpu_count()
     torch.set_num_threads(threads)
-    presets = (args.presets or ("tiny" if args.quick else "sim,lewm")).split(",")
-    wanted = [b.strip() for b in (args.backends or ",".join(BACKENDS)).split(",") if b.strip()]
-    unknown = sorted(set(wanted) - set(BACKENDS))
-    if unknown:
-        print(f"error: unknown backend(s) {unknown}; choose from {BACKENDS}", file=sys.stderr)
-        return 2
     skipped = {}
     if args.backends is None and not bf16_is_fast():
         skipped["torch-bf16"] = ("this CPU has no bf16 instructions (AVX512-BF16 or AMX): emulated bf16 runs about "
@@ -401,7 +409,6 @@ def run(args) -> int:
         "skipped": skipped,
         "results": results,
     }
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1))
     print(table(results))

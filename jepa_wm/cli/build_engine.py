@@ -8,9 +8,23 @@ come from config/backends.yaml (`tensorrt:` section, Isaac ROS parameter names).
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
+
+from jepa_wm.cli import positive_int
+
+
+def batch_profile(text: str) -> tuple[int, int, int]:
+    """argparse type for --batch: MIN,OPT,MAX, integers with 1 <= MIN <= OPT <= MAX."""
+    try:
+        lo, opt, hi = (int(x) for x in text.split(","))
+    except ValueError:
+        lo = opt = hi = 0
+    if not 1 <= lo <= opt <= hi:
+        raise argparse.ArgumentTypeError(f"{text!r} is not MIN,OPT,MAX: three integers with 1 <= MIN <= OPT <= MAX")
+    return lo, opt, hi
 
 
 def add_arguments(p):
@@ -19,8 +33,8 @@ def add_arguments(p):
     p.add_argument("--force", action="store_true", help="rebuild even if the cached engine matches (force_engine_update)")
     p.add_argument("--fp16", action="store_true", help="shorthand for --precision fp16")
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default=None)
-    p.add_argument("--workspace-size", type=int, default=None, help="builder workspace pool limit, bytes")
-    p.add_argument("--batch", default=None, help="min,opt,max of the dynamic batch (default from config/backends.yaml)")
+    p.add_argument("--workspace-size", type=positive_int, default=None, help="builder workspace pool limit, bytes")
+    p.add_argument("--batch", type=batch_profile, default=None, help="min,opt,max of the dynamic batch (default from config/backends.yaml)")
     p.add_argument("--config", default=None, help="backends YAML (default: config/backends.yaml)")
 
 
@@ -38,7 +52,7 @@ def run(args) -> int:
     if args.workspace_size:
         t["workspace_size"] = args.workspace_size
     if args.batch:
-        t["batch_min"], t["batch_opt"], t["batch_max"] = (int(x) for x in args.batch.split(","))
+        t["batch_min"], t["batch_opt"], t["batch_max"] = args.batch
     settings = EngineSettings(model_file_path=args.onnx, engine_file_path=args.engine, **t)
     try:
         import_tensorrt()

@@ -10,36 +10,50 @@ training only uses to report whether the latent encodes the object.
 
 from __future__ import annotations
 
+import argparse
 import time
 from dataclasses import asdict
 from pathlib import Path
 
+from jepa_wm.cli import fraction, nonnegative_float, nonnegative_int, positive_float, positive_int
+
+
+def _steps(text: str) -> int:
+    """argparse type for --steps: an integer >= 2 (a recorded action needs the frame before and after it)."""
+    try:
+        steps = int(text)
+    except ValueError:
+        steps = 0
+    if steps < 2:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 2 (an action needs a frame before and after it)")
+    return steps
+
 
 def add_arguments(p):
     p.add_argument("--out", required=True, help="output folder; episodes go to OUT/episode_00000, ...")
-    p.add_argument("--episodes", type=int, default=100, help="number of episodes (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=100, help="frames per episode (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the first episode (default: %(default)s)")
-    p.add_argument("--first-index", type=int, default=0, help="number of the first episode folder (to extend a dataset)")
-    p.add_argument("--push-fraction", type=float, default=0.3,
+    p.add_argument("--episodes", type=positive_int, default=100, help="number of episodes (default: %(default)s)")
+    p.add_argument("--steps", type=_steps, default=100, help="frames per episode (default: %(default)s)")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the first episode (default: %(default)s)")
+    p.add_argument("--first-index", type=nonnegative_int, default=0, help="number of the first episode folder (to extend a dataset)")
+    p.add_argument("--push-fraction", type=fraction, default=0.3,
                    help="fraction of episodes that push the object on purpose (default: %(default)s)")
-    p.add_argument("--max-step", type=float, default=0.15, help="max joint change per control step, rad (default: %(default)s)")
+    p.add_argument("--max-step", type=positive_float, default=0.15, help="max joint change per control step, rad (default: %(default)s)")
     p.add_argument("--scene", default="builtin", help="'builtin' or an MJCF file (default: %(default)s)")
     p.add_argument("--camera", default="overhead", help="camera name in the scene (default: %(default)s)")
     p.add_argument("--object-body", default="", help="object body ('' = the first free body)")
-    p.add_argument("--object-jitter", type=float, default=0.1,
+    p.add_argument("--object-jitter", type=nonnegative_float, default=0.1,
                    help="each episode starts the object uniformly within this many metres (x and y) of its place "
                         "in the scene (default: %(default)s)")
-    p.add_argument("--width", type=int, default=64, help="image width (default: %(default)s)")
-    p.add_argument("--height", type=int, default=64, help="image height (default: %(default)s)")
-    p.add_argument("--control-dt", type=float, default=0.1, help="seconds per step (default: %(default)s)")
+    p.add_argument("--width", type=positive_int, default=64, help="image width (default: %(default)s)")
+    p.add_argument("--height", type=positive_int, default=64, help="image height (default: %(default)s)")
+    p.add_argument("--control-dt", type=positive_float, default=0.1, help="seconds per step (default: %(default)s)")
     add_robot_change_arguments(p)
-    p.add_argument("--workers", type=int, default=1, help="parallel processes, one simulator each (default: %(default)s)")
+    p.add_argument("--workers", type=positive_int, default=1, help="parallel processes, one simulator each (default: %(default)s)")
 
 
 def add_robot_change_arguments(p):
     """A changed robot (weaker drives, re-zeroed joints, a payload) for adaptation experiments; shared with `jepa-wm eval`."""
-    p.add_argument("--joint-gain-scale", type=float, nargs="+", metavar="S",
+    p.add_argument("--joint-gain-scale", type=nonnegative_float, nargs="+", metavar="S",
                    help="servo gain factor per joint, e.g. 1 0.3 1 (default: the scene's gains)")
     p.add_argument("--joint-offset", type=float, nargs="+", metavar="RAD",
                    help="zero offset per joint: the joint settles at command + offset (default: none)")
@@ -112,38 +126,41 @@ def run(args) -> int:
     import yaml
     from tqdm import tqdm
 
-    if args.episodes < 1 or args.steps < 2:
-        raise SystemExit("jepa-wm collect: --episodes must be >= 1 and --steps >= 2")
-    if not args.object_jitter >= 0:
-        raise SystemExit(f"jepa-wm collect: --object-jitter must be >= 0 metres, got {args.object_jitter}")
     out = Path(args.out)
     jobs = [(args, out / f"episode_{args.first_index + i:05d}", args.seed + i) for i in range(args.episodes)]
     for _, path, _ in jobs:
         if path.exists() and any(path.iterdir()):
             raise SystemExit(f"jepa-wm collect: {path} already exists and is not empty; refusing to overwrite it "
                              "(choose another --out or --first-index)")
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     for _, path, _ in jobs:
         if path.exists():
             path.rmdir()  # empty: rosbag2 writes into a directory it creates itself
 
+    t0, frames = time.time(), 0
+    bar = tqdm(total=args.episodes, desc="collect", unit="episode")
+    try:
+        if args.workers > 1:
+            # spawn: each process gets its own MuJoCo and EGL context.
+            with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
+                for n in pool.imap_unordered(_work, jobs):
+                    frames += n
+                    bar.update()
+        else:
+            for job in jobs:
+                frames += _work(job)
+                bar.update()
+    except BaseException:
+        if created and not any(out.iterdir()):
+            out.rmdir()  # nothing was recorded (a bad scene or camera, say): leave no empty folder behind
+        raise
+    finally:
+        bar.close()
+    # The manifest describes recorded episodes only, so it is written once they all are.
     manifest = {"sim": asdict(_sim_config(args)), "push_fraction": args.push_fraction, "max_step": args.max_step,
                 "steps": args.steps, "seeds": [args.seed, args.seed + args.episodes - 1]}
     (out / f"collect_{args.first_index:05d}.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
-
-    t0, frames = time.time(), 0
-    bar = tqdm(total=args.episodes, desc="collect", unit="episode")
-    if args.workers > 1:
-        # spawn: each process gets its own MuJoCo and EGL context.
-        with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
-            for n in pool.imap_unordered(_work, jobs):
-                frames += n
-                bar.update()
-    else:
-        for job in jobs:
-            frames += _work(job)
-            bar.update()
-    bar.close()
     wall = time.time() - t0
     print(f"wrote {args.episodes} episodes, {frames} frames to {out} in {wall:.1f} s ({frames / wall:.0f} frames/s)")
     return 0

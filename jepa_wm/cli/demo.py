@@ -12,26 +12,29 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
+from jepa_wm.cli import nonnegative_float, nonnegative_int, positive_float, positive_int
+
 
 def add_arguments(parser):
     parser.add_argument("--model", default=None, help="checkpoint (default: the shipped models/sim.safetensors)")
-    parser.add_argument("--goals", type=int, default=2, help="goal images to reach")
-    parser.add_argument("--budget", type=float, default=30.0, help="seconds allowed per goal")
-    parser.add_argument("--tolerance", type=float, default=0.15, help="max joint error (rad) that counts as reached")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threshold", type=float, default=0.0,
+    parser.add_argument("--goals", type=positive_int, default=2, help="goal images to reach")
+    parser.add_argument("--budget", type=positive_float, default=30.0, help="seconds allowed per goal")
+    parser.add_argument("--tolerance", type=positive_float, default=0.15, help="max joint error (rad) that counts as reached")
+    parser.add_argument("--seed", type=nonnegative_int, default=0)
+    parser.add_argument("--threshold", type=nonnegative_float, default=0.0,
                         help="monitor threshold on the normalised surprise score (default 0: the checkpoint's "
                              "calibration; the shipped model's misses most events, see models/README.md)")
-    parser.add_argument("--consecutive", type=int, default=0, help="frames over the threshold that stop the arm "
+    parser.add_argument("--consecutive", type=nonnegative_int, default=0, help="frames over the threshold that stop the arm "
                         "(default 0: the checkpoint's calibration)")
     parser.add_argument("--out", default="demo.png", help="PNG summary path")
-    parser.add_argument("--domain-id", type=int, default=None, help="ROS_DOMAIN_ID (default: the environment's or 0)")
+    parser.add_argument("--domain-id", type=nonnegative_int, default=None, help="ROS_DOMAIN_ID (default: the environment's or 0)")
 
 
 def _params_from_yaml(path: Path, node: str, overrides: dict):
@@ -55,6 +58,10 @@ class Events:
 
 
 def run(args) -> int:
+    if Path(args.out).is_dir():  # found now, not after the whole demo has run
+        print(f"jepa-wm demo: error: --out {args.out} is a directory; give the path of the PNG summary to write",
+              file=sys.stderr)
+        return 2
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from sensor_msgs.msg import Image, JointState
