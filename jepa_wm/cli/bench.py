@@ -316,7 +316,7 @@ def run(args) -> int:
 
     from jepa_wm.backends.onnx_export import export_onnx
     from jepa_wm.backends.torch_backend import bf16_is_fast
-    from jepa_wm.core.config import PRESETS, PlannerConfig
+    from jepa_wm.core.config import PRESETS, ConfigError, PlannerConfig
 
     if args.worker:  # not used by the CLI; kept for symmetry with `python -m jepa_wm.cli.bench SPEC`
         print(json.dumps(worker(json.loads(Path(args.worker).read_text()))))
@@ -324,17 +324,13 @@ def run(args) -> int:
     # Every mistake in the command line is reported here, before minutes of benchmarking.
     out = Path(args.out)
     if out.is_dir():
-        print(f"jepa-wm bench: error: --out {out} is a directory; give the path of the JSON file to write",
-              file=sys.stderr)
-        return 2
+        raise ConfigError(f"--out {out} is a directory; give the path of the JSON file to write")
     presets = [p.strip() for p in (args.presets or ("tiny" if args.quick else "sim,lewm")).split(",") if p.strip()]
     wanted = [b.strip() for b in (args.backends or ",".join(BACKENDS)).split(",") if b.strip()]
     for flag, names, known in (("--presets", presets, sorted(PRESETS)), ("--backends", wanted, BACKENDS)):
         unknown = sorted(set(names) - set(known))
         if unknown or not names:
-            what = f"unknown {unknown}" if unknown else "none given"
-            print(f"jepa-wm bench: error: {flag}: {what}; choose from {known}", file=sys.stderr)
-            return 2
+            raise ConfigError(f"{flag}: {f'unknown {unknown}' if unknown else 'none given'}; choose from {known}")
     threads = args.threads or os.cpu_count()
     torch.set_num_threads(threads)
     skipped = {}

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import threading
 import time
 from pathlib import Path
@@ -59,9 +58,9 @@ class Events:
 
 def run(args) -> int:
     if Path(args.out).is_dir():  # found now, not after the whole demo has run
-        print(f"jepa-wm demo: error: --out {args.out} is a directory; give the path of the PNG summary to write",
-              file=sys.stderr)
-        return 2
+        from jepa_wm.core.config import ConfigError
+
+        raise ConfigError(f"--out {args.out} is a directory; give the path of the PNG summary to write")
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from sensor_msgs.msg import Image, JointState

@@ -111,7 +111,7 @@ class ArmSim:
         if self._substeps < 1 or abs(self._substeps * dt - cfg.control_dt) > 1e-6 * cfg.control_dt:
             # Else a step simulates another time than control_dt, and /clock and the bags' stamps drift from it.
             raise ConfigError(f"control_dt {cfg.control_dt} s is not a whole number of scene {path}'s physics steps "
-                             f"({dt} s): use a multiple of {dt} s, or change the scene's <option timestep>")
+                              f"({dt} s): use a multiple of {dt} s, or change the scene's <option timestep>")
         self._defaults = (self.model.body_mass.copy(), self.model.body_inertia.copy(),
                           self.model.actuator_gainprm.copy(), self.model.actuator_biasprm.copy())
         self._default_armature = self.model.dof_armature.copy()
