@@ -152,7 +152,7 @@ class ArmSim:
                 raise ConfigError(f"joint {n!r} not found in scene {path}; it has joints {joints}")
             if n not in actuated:
                 raise ConfigError(f"joint {n!r} in scene {path} has no position actuator (a <motor> or <velocity> "
-                                 "does not take positions); add a <position> actuator for it")
+                                  "does not take positions); add a <position> actuator for it")
         if not names:
             raise ConfigError(f"scene {path} has no hinge or slide joints driven by <position> actuators")
         self._joint_names = names
