@@ -43,6 +43,11 @@ def nonnegative_int(text: str) -> int:
     return _checked(int, text, lambda v: v >= 0, "an integer >= 0")
 
 
+def episode_steps(text: str) -> int:
+    """argparse type: steps of a recorded or simulated episode, an integer >= 2."""
+    return _checked(int, text, lambda v: v >= 2, "an integer >= 2 (an action needs a frame before and after it)")
+
+
 def positive_float(text: str) -> float:
     """argparse type: a finite number > 0."""
     return _checked(float, text, lambda v: 0 < v < float("inf"), "a finite number > 0")

@@ -21,15 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jepa_wm.cli import fraction, nonnegative_int, positive_float, positive_int
-
-
-def _episode_steps(text: str) -> int:
-    """argparse type: steps per simulated episode (the recorder needs a command, so a second frame)."""
-    value = positive_int(text)
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 2")
-    return value
+from jepa_wm.cli import episode_steps, fraction, nonnegative_int, positive_float, positive_int
 
 
 def add_arguments(p):
@@ -41,7 +33,7 @@ def add_arguments(p):
                    help="closed-loop planner episodes in the embedded simulator")
     p.add_argument("--sim-explore", type=nonnegative_int, default=0,
                    help="exploration episodes in the embedded simulator")
-    p.add_argument("--steps", type=_episode_steps, default=40,
+    p.add_argument("--steps", type=episode_steps, default=40,
                    help="control steps per simulated episode (default: %(default)s)")
     p.add_argument("--seed", type=nonnegative_int, default=50_000,
                    help="first simulator seed (default: %(default)s, apart from eval's)")

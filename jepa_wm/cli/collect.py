@@ -10,29 +10,17 @@ training only uses to report whether the latent encodes the object.
 
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-from jepa_wm.cli import fraction, nonnegative_float, nonnegative_int, positive_float, positive_int
-
-
-def _steps(text: str) -> int:
-    """argparse type for --steps: an integer >= 2 (a recorded action needs the frame before and after it)."""
-    try:
-        steps = int(text)
-    except ValueError:
-        steps = 0
-    if steps < 2:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 2 (an action needs a frame before and after it)")
-    return steps
+from jepa_wm.cli import episode_steps, fraction, nonnegative_float, nonnegative_int, positive_float, positive_int
 
 
 def add_arguments(p):
     p.add_argument("--out", required=True, help="output folder; episodes go to OUT/episode_00000, ...")
     p.add_argument("--episodes", type=positive_int, default=100, help="number of episodes (default: %(default)s)")
-    p.add_argument("--steps", type=_steps, default=100, help="frames per episode (default: %(default)s)")
+    p.add_argument("--steps", type=episode_steps, default=100, help="frames per episode (default: %(default)s)")
     p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the first episode (default: %(default)s)")
     p.add_argument("--first-index", type=nonnegative_int, default=0, help="number of the first episode folder (to extend a dataset)")
     p.add_argument("--push-fraction", type=fraction, default=0.3,
