@@ -43,12 +43,12 @@ def add_arguments(p):
 def run(args) -> int:
     from tqdm import tqdm
 
+    from jepa_wm.cli import check_out_dir
     from jepa_wm.cli.collect import robot_change
     from jepa_wm.core.checkpoint import load_checkpoint
     from jepa_wm.core.surprise import SurpriseCalibration
     from jepa_wm.data.dataset import Episode
     from jepa_wm.eval import goals, plots, surprise_events
-    from jepa_wm.cli import check_out_dir
     from jepa_wm.eval.common import default_model_path, make_sim, planner_config
     from jepa_wm.sim.explore import ExplorationPolicy
     from jepa_wm.train.calibration import calibrate_model
