@@ -58,6 +58,8 @@ def test_bad_numbers_are_usage_errors(capsys, argv, message):
     (["--presets", "huge"], "--presets: unknown ['huge']; choose from"),
     (["--backends", "cuda"], "--backends: unknown ['cuda']; choose from"),
     (["--out", "."], "--out . is a directory"),
+    (["--presets", "sim", "--model", "missing.safetensors"], "checkpoint missing.safetensors does not exist"),
+    (["--model", "other.safetensors"], "--model other.safetensors is for the sim preset, which --presets tiny leaves out"),
 ])
 def test_bad_choices_fail_before_any_benchmarking(tmp_path, monkeypatch, capsys, argv, message):
     import jepa_wm.cli.bench as bench

@@ -54,7 +54,7 @@ def add_arguments(p):
     p.add_argument("--presets", default=None, help="comma list of model presets (default sim,lewm)")
     p.add_argument("--backends", default=None,
                    help=f"comma list from {BACKENDS} (default: all; torch-bf16 only where the CPU has bf16 instructions)")
-    p.add_argument("--model", default=None, help="checkpoint for the sim preset (default models/sim.safetensors if present)")
+    p.add_argument("--model", default=None, help="checkpoint for the sim preset (default: the shipped models/sim.safetensors)")
     p.add_argument("--problems", type=positive_int, default=None, help="seeded planning problems per config (default 3)")
     p.add_argument("--out", default="bench.json", help="JSON output path")
     p.add_argument("--threads", type=nonnegative_int, default=0, help="torch threads (0: all cores)")
@@ -316,7 +316,9 @@ def run(args) -> int:
 
     from jepa_wm.backends.onnx_export import export_onnx
     from jepa_wm.backends.torch_backend import bf16_is_fast
+    from jepa_wm.core.checkpoint import load_checkpoint
     from jepa_wm.core.config import PRESETS, ConfigError, PlannerConfig
+    from jepa_wm.eval.common import default_model_path
 
     if args.worker:  # not used by the CLI; kept for symmetry with `python -m jepa_wm.cli.bench SPEC`
         print(json.dumps(worker(json.loads(Path(args.worker).read_text()))))
@@ -331,6 +333,12 @@ def run(args) -> int:
         unknown = sorted(set(names) - set(known))
         if unknown or not names:
             raise ConfigError(f"{flag}: {f'unknown {unknown}' if unknown else 'none given'}; choose from {known}")
+    sim_checkpoint = None
+    if "sim" in presets:  # the shipped weights wherever the command runs from; --model loaded now, so a bad one stops here
+        sim_checkpoint = str(args.model or default_model_path())
+        load_checkpoint(sim_checkpoint)
+    elif args.model:
+        raise ConfigError(f"--model {args.model} is for the sim preset, which --presets {','.join(presets)} leaves out")
     threads = args.threads or os.cpu_count()
     torch.set_num_threads(threads)
     skipped = {}
@@ -367,9 +375,7 @@ def run(args) -> int:
     tmp = tempfile.TemporaryDirectory(prefix="jepa_wm_bench_")
     bar = tqdm(total=len(presets) * len(wanted), desc="bench", unit="config", file=sys.stderr)
     for preset in presets:
-        checkpoint = None
-        if preset == "sim":
-            checkpoint = args.model or ("models/sim.safetensors" if Path("models/sim.safetensors").is_file() else None)
+        checkpoint = sim_checkpoint if preset == "sim" else None
         model = make_model(preset, checkpoint)
         problems = make_problems(model, planner.horizon, problems_n)
         onnx_dirs = {}
