@@ -111,3 +111,20 @@ def test_the_cli_reports_a_damaged_checkpoint_in_one_line(saved, capsys, monkeyp
     monkeypatch.setenv("JEPA_WM_TRACEBACK", "1")
     with pytest.raises(CheckpointError, match=str(path)):
         main(["export", "--model", str(path), "--out", str(path.parent / "onnx"), "--no-verify"])
+
+
+@pytest.mark.parametrize("argv", [
+    ["eval", "--goals", "1"],
+    ["demo"],
+    ["calibrate", "--sim-goals", "1"],
+])
+def test_a_model_of_joint_state_deltas_is_refused_where_it_would_plan(saved, tmp_path, capsys, argv):
+    # The planner sends positions; a delta model's plans would drive the arm towards its deltas.
+    from jepa_wm.cli import main
+
+    path, model, meta = saved
+    delta = save_checkpoint(tmp_path / "delta.safetensors", model, {**meta, "data": {"action_type": "delta"}})
+    assert main([*argv, "--model", str(delta), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"checkpoint {delta} was trained with data.action_type 'delta'" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()

@@ -180,6 +180,16 @@ def test_bad_parameters_refuse_to_start(start_node, tiny_checkpoint, over, needl
     assert needle in node.output and "refusing to start" in node.output, node.output
 
 
+def test_a_model_of_joint_state_deltas_refuses_to_start(start_node, tiny_checkpoint, tmp_path):
+    from jepa_wm.core.checkpoint import load_checkpoint, save_checkpoint
+
+    model, meta = load_checkpoint(tiny_checkpoint)
+    delta = save_checkpoint(tmp_path / "delta.safetensors", model, {**meta, "data": {"action_type": "delta"}})
+    node = start_node("planner", "planner.yaml", {"model": str(delta)})
+    assert node.proc.wait(timeout=60) == 2, node.output
+    assert "trained with data.action_type 'delta'" in node.output and "refusing to start" in node.output, node.output
+
+
 # ---------------------------------------------------------------- in-process: history, engage, backend selection
 
 

@@ -97,7 +97,7 @@ def run(args) -> int:
 
     from tqdm import tqdm
 
-    from jepa_wm.core.checkpoint import load_checkpoint, save_checkpoint
+    from jepa_wm.core.checkpoint import load_checkpoint, require_position_actions, save_checkpoint
     from jepa_wm.core.config import ConfigError
     from jepa_wm.core.surprise import MIN_NOMINAL_FRAMES, residual_error
     from jepa_wm.data.dataset import checkpoint_data_config, load_episodes
@@ -115,6 +115,8 @@ def run(args) -> int:
     if not (args.bags or args.sim_goals or args.sim_explore):
         raise ConfigError("nothing to calibrate on; pass --bags and/or --sim-goals / --sim-explore")
     model, meta = load_checkpoint(model_path)
+    if args.sim_goals or args.sim_explore:  # simulated episodes feed the model position commands
+        require_position_actions(meta, model_path)
     sources, residuals = [], []  # per episode
     if args.bags:
         for e in load_episodes(args.bags, checkpoint_data_config(meta)):

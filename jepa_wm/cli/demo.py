@@ -80,9 +80,11 @@ def run(args) -> int:
     if not Path(model).is_file():
         print(f"jepa-wm demo: no checkpoint at {model}; train one (`jepa-wm train`) or pass --model")
         return 2
-    from jepa_wm.core.checkpoint import read_header
+    from jepa_wm.core.checkpoint import read_header, require_position_actions
 
-    joints = read_header(model)["meta"].get("joint_names") or None
+    meta = read_header(model)["meta"]
+    require_position_actions(meta, model)
+    joints = meta.get("joint_names") or None
     ev = Events()
     rclpy.init(args=[], domain_id=args.domain_id if args.domain_id is not None else int(os.environ.get("ROS_DOMAIN_ID", 0)))
     nodes = []

@@ -45,7 +45,7 @@ def run(args) -> int:
 
     from jepa_wm.cli import check_out_dir
     from jepa_wm.cli.collect import robot_change
-    from jepa_wm.core.checkpoint import load_checkpoint
+    from jepa_wm.core.checkpoint import load_checkpoint, require_position_actions
     from jepa_wm.core.surprise import SurpriseCalibration
     from jepa_wm.data.dataset import Episode
     from jepa_wm.eval import goals, plots, surprise_events
@@ -58,6 +58,7 @@ def run(args) -> int:
     pcfg = planner_config(args.planner_config)
     model_path = args.model or default_model_path()
     model, meta = load_checkpoint(model_path)
+    require_position_actions(meta, model_path)
     sim = make_sim(meta, **robot_change(args))
     out.mkdir(parents=True, exist_ok=True)
     report = {"model": str(model_path), "planner": vars(pcfg), "goals": args.goals, "budget": args.budget,

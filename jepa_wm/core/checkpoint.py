@@ -98,6 +98,18 @@ def load_checkpoint(path, expected_config: ModelConfig | None = None, map_locati
     return model.to(map_location).eval(), header["meta"]
 
 
+def require_position_actions(meta: dict, path) -> None:
+    """Refuse a model whose actions are not joint position commands: the planner sends positions.
+
+    `data.action_type: delta` (joint-state differences) serves bags without recorded commands; such a
+    model predicts, but planning with it would send its deltas to the arm as positions.
+    """
+    kind = (meta.get("data") or {}).get("action_type", "command")
+    if kind != "command":
+        raise CheckpointError(f"checkpoint {path} was trained with data.action_type {kind!r}, but planning "
+                              "commands joint positions: train on bags with recorded commands (action_type 'command')")
+
+
 def _diff(a: ModelConfig, b: ModelConfig):
     da, db = a.to_dict(), b.to_dict()
     return [(k, da[k], db[k]) for k in da if da[k] != db[k]]

@@ -158,7 +158,7 @@ class Planner(LifecycleNode):
     def _configure(self):
         import torch
 
-        from jepa_wm.core.checkpoint import CheckpointError, load_checkpoint
+        from jepa_wm.core.checkpoint import CheckpointError, load_checkpoint, require_position_actions
         from jepa_wm.core.config import PlannerConfig
         from jepa_wm.core.planner import CEMPlanner, JointMetric, normalised_bounds
 
@@ -166,6 +166,7 @@ class Planner(LifecycleNode):
         torch.set_num_threads(p["torch_threads"])
         try:
             model, meta = load_checkpoint(resolve_model(p["model"]))
+            require_position_actions(meta, p["model"])
         except CheckpointError as e:
             raise ParameterError(f"parameter 'model': {e}") from None
         cfg = model.cfg
