@@ -14,6 +14,7 @@ from rosbags.highlevel import AnyReader
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
+from jepa_wm.core.config import ConfigError
 from jepa_wm.data.bags import BagError, DataConfig, EpisodeWriter, read_bag
 
 TS = get_typestore(Stores.ROS2_HUMBLE)  # an independent typestore, not the module's
@@ -217,7 +218,9 @@ def test_read_bag_round_trip(tmp_path):
     np.testing.assert_array_equal(s.joint_stamps, s.image_stamps)
     np.testing.assert_allclose(s.joint_pos, np.stack([0.1 * np.arange(5), -0.2 * np.arange(5)], 1))
     np.testing.assert_array_equal(s.command_stamps, s.image_stamps)
-    np.testing.assert_allclose(s.commands, np.stack([0.1 * np.arange(1, 6), -0.2 * np.arange(1, 6)], 1))
+    # One-point trajectories, each point to be reached control_dt after its command.
+    np.testing.assert_allclose(s.commands[:, 0], np.stack([0.1 * np.arange(1, 6), -0.2 * np.arange(1, 6)], 1))
+    np.testing.assert_array_equal(s.command_offsets, [[100 * MS]] * 5)
 
 
 def test_read_bag_reads_the_object_pose_where_the_bag_has_it(tmp_path):
@@ -238,13 +241,45 @@ def test_read_bag_resizes_and_reorders_joints(tmp_path):
     assert s.images[2, ..., 0].mean() == pytest.approx(20, abs=1)  # the red level survives resizing
     assert s.joint_names == ["elbow", "shoulder"]
     np.testing.assert_allclose(s.joint_pos[2], [-0.4, 0.2])
-    np.testing.assert_allclose(s.commands[2], [-0.6, 0.3])
+    np.testing.assert_allclose(s.commands[2, 0], [-0.6, 0.3])
 
 
-def test_read_bag_without_the_configured_joints_names_them(tmp_path):
+def test_read_bag_without_the_configured_joints_names_them_and_the_bags(tmp_path):
     bag = _write_episode(tmp_path / "ep", n=3)
-    with pytest.raises(BagError, match=r"no joint states for joints \['wrist'\] on topic /joint_states"):
+    with pytest.raises(BagError, match=re.escape("no joint states for joints ['wrist'] on topic /joint_states "
+                                                 "(3 messages, naming joints ['shoulder', 'elbow']); set "
+                                                 "data.joint_names to joints the bag has")):
         read_bag(bag, _cfg(joint_names=["wrist"]))
+    with Writer(tmp_path / "silent", version=9, storage_plugin=StoragePlugin.MCAP) as w:  # the connection, no message
+        image = w.add_connection("/camera/image_raw", "sensor_msgs/msg/Image", typestore=TS)
+        w.add_connection("/joint_states", "sensor_msgs/msg/JointState", typestore=TS)
+        w.write(image, BASE_NS, TS.serialize_cdr(image_msg(BASE_NS), "sensor_msgs/msg/Image"))
+    with pytest.raises(BagError, match=re.escape("no joint states for joints ['shoulder', 'elbow'] on topic "
+                                                 "/joint_states (0 messages)")):
+        read_bag(tmp_path / "silent", _cfg(image_size=16, action_type="delta", joint_names=JOINTS))
+    with pytest.raises(BagError, match=re.escape("no joint states on topic /joint_states (0 messages)")):
+        read_bag(tmp_path / "silent", _cfg(image_size=16, action_type="delta"))
+
+
+def _jittered_bag(path, joint_states_first):
+    """A recorded arm whose joint_state_broadcaster lists a gripper too, in its own order; the controller's
+    commands name the arm's joints. Which topic's first message the recorder received first is chance."""
+    msgs = []
+    for i in range(3):
+        ns = BASE_NS + i * 100 * MS
+        first = ns + (0 if joint_states_first else 2 * MS)
+        msgs.append(("/camera/image_raw", ns + 10 * MS, image_msg(ns, _frame(i, 16))))
+        msgs.append(("/joint_states", first, joint_state_msg(ns, ["gripper", "elbow", "shoulder"], [0.01, -i, i])))
+        msgs.append(("/arm_controller/joint_trajectory", ns + 1 * MS, trajectory_msg(ns, JOINTS, [i + 1, -i - 1])))
+    return write_bag(path, sorted(msgs, key=lambda m: m[1]))
+
+
+def test_without_joint_names_the_commands_set_the_joint_order(tmp_path):
+    for joint_states_first in (True, False):
+        s = read_bag(_jittered_bag(tmp_path / f"bag_{joint_states_first}", joint_states_first), _cfg(image_size=16))
+        assert s.joint_names == JOINTS
+        np.testing.assert_allclose(s.joint_pos, [[0, 0], [1, -1], [2, -2]])
+        np.testing.assert_allclose(s.commands[:, 0], [[1, -1], [2, -2], [3, -3]])
 
 
 def test_read_bag_of_a_recorded_robot(tmp_path):
@@ -263,11 +298,53 @@ def test_read_bag_of_a_recorded_robot(tmp_path):
     for i in range(4):
         np.testing.assert_array_equal(s.images[i], _frame(i, 16))
     np.testing.assert_allclose(s.joint_pos, np.stack([np.arange(4), -np.arange(4)], 1))  # gripper-only skipped
-    np.testing.assert_allclose(s.commands[:, 0], np.arange(1, 5))
+    np.testing.assert_allclose(s.commands[:, 0, 0], np.arange(1, 5))
 
     # stamps="receive": bag (receive) time instead of the header stamp.
     r = read_bag(bag, _cfg(image_size=16, joint_names=JOINTS, stamps="receive"))
     np.testing.assert_array_equal(r.image_stamps, BASE_NS + np.arange(4) * 100 * MS + 5 * MS)
+
+
+def _clock_bag(path, n=4, image_offset_ns=0, command_offset_ns=0, images_from=0, commands_from=0):
+    """A recorded arm, 10 Hz; the camera (or command sender) stamps headers `offset` away from the joint states,
+    and starts at step `images_from` (`commands_from`)."""
+    msgs = []
+    for i in range(n):
+        ns = BASE_NS + i * 100 * MS
+        if i >= images_from:
+            msgs.append(("/camera/image_raw", ns + 20 * MS, image_msg(ns + image_offset_ns, _frame(i % 25, 16))))
+        msgs.append(("/joint_states", ns + 1 * MS, joint_state_msg(ns, JOINTS, [i, -i])))
+        if i >= commands_from:
+            msgs.append(("/arm_controller/joint_trajectory", ns + 1 * MS,
+                         trajectory_msg(ns + command_offset_ns, JOINTS, [i + 1, -i - 1])))
+    return write_bag(path, sorted(msgs, key=lambda m: m[1]))
+
+
+def test_frames_stamped_on_another_clock_are_refused(tmp_path):
+    """Interpolated to frames 1000 s away, every joint state and action would be the same held value."""
+    bag = _clock_bag(tmp_path / "camera_clock", image_offset_ns=-1000 * 10**9)
+    with pytest.raises(BagError, match=re.escape(
+            f"bag {bag}: camera frames are stamped 1699999000.000 s to 1699999000.300 s, joint states on "
+            "/joint_states 1700000000.000 s to 1700000000.300 s: they hardly overlap, so their header stamps come "
+            "from different clocks; set data.stamps: receive to use the recorder's receive times")):
+        read_bag(bag, _cfg(image_size=16))
+    s = read_bag(bag, _cfg(image_size=16, stamps="receive"))
+    np.testing.assert_allclose(s.joint_pos, [[0, 0], [1, -1], [2, -2], [3, -3]])
+
+    bag = _clock_bag(tmp_path / "command_clock", command_offset_ns=3600 * 10**9)
+    with pytest.raises(BagError, match=re.escape(
+            "camera frames are stamped 1700000000.000 s to 1700000000.300 s, commands on "
+            "/arm_controller/joint_trajectory 1700003600.000 s to 1700003600.300 s: they hardly overlap")):
+        read_bag(bag, _cfg(image_size=16))
+    assert len(read_bag(bag, _cfg(image_size=16, action_type="delta")).images) == 4  # commands unused
+
+
+def test_commands_that_start_late_or_frames_that_start_late_are_one_clock(tmp_path):
+    # 10 s recordings: the operator commands only in the last second, or the camera starts after 6 s.
+    s = read_bag(_clock_bag(tmp_path / "late_commands", n=100, commands_from=90), _cfg(image_size=16))
+    assert (len(s.images), len(s.command_stamps)) == (100, 10)
+    s = read_bag(_clock_bag(tmp_path / "late_camera", n=100, images_from=60), _cfg(image_size=16))
+    assert (len(s.images), len(s.joint_stamps)) == (40, 100)
 
 
 def test_zero_header_stamp_falls_back_to_bag_time(tmp_path):
@@ -307,20 +384,28 @@ def test_other_image_encodings_in_a_bag(tmp_path):
     np.testing.assert_array_equal(s.images[2], 100)
 
 
-def test_float64_multiarray_commands(tmp_path):
+def test_float64_multiarray_commands_take_the_order_of_data_joint_names(tmp_path):
+    """A forward_command_controller's array names no joints: its values are in the controller's `joints` order,
+    which data.joint_names must give; the joint states list the joints in another order."""
     msgs = []
     for i in range(3):
         ns = BASE_NS + i * 100 * MS
         msgs.append(("/camera/image_raw", ns, image_msg(ns)))
-        msgs.append(("/joint_states", ns, joint_state_msg(ns, JOINTS, [i, i])))
-        msgs.append(("/arm_controller/commands", ns, float_array_msg([i + 0.5, -i])))
+        msgs.append(("/joint_states", ns, joint_state_msg(ns, ["elbow", "shoulder"], [-i, i])))
+        msgs.append(("/arm_controller/commands", ns, float_array_msg([i + 0.5, -i])))  # shoulder, elbow
     bag = write_bag(tmp_path / "b", msgs)
-    s = read_bag(bag, _cfg(image_size=16, action_topic="/arm_controller/commands"))
-    np.testing.assert_allclose(s.commands, [[0.5, 0], [1.5, -1], [2.5, -2]])
+    s = read_bag(bag, _cfg(image_size=16, action_topic="/arm_controller/commands", joint_names=JOINTS))
+    assert s.joint_names == JOINTS
+    np.testing.assert_allclose(s.joint_pos, [[0, 0], [1, -1], [2, -2]])
+    np.testing.assert_allclose(s.commands[:, 0], [[0.5, 0], [1.5, -1], [2.5, -2]])
+    with pytest.raises(BagError, match=re.escape(
+            f"bag {bag}: topic /arm_controller/commands carries std_msgs/msg/Float64MultiArray commands, which name "
+            "no joints; set data.joint_names to the controller's `joints` parameter, in its order")):
+        read_bag(bag, _cfg(image_size=16, action_topic="/arm_controller/commands"))
 
     bad = write_bag(tmp_path / "bad", msgs[:2] + [("/arm_controller/commands", BASE_NS, float_array_msg([1.0]))])
     with pytest.raises(BagError, match=r"commands on topic /arm_controller/commands do not have one value per joint"):
-        read_bag(bad, _cfg(image_size=16, action_topic="/arm_controller/commands"))
+        read_bag(bad, _cfg(image_size=16, action_topic="/arm_controller/commands", joint_names=JOINTS))
 
 
 def test_an_action_topic_without_commands_for_these_joints_is_a_bag_error(tmp_path):
@@ -332,8 +417,15 @@ def test_an_action_topic_without_commands_for_these_joints_is_a_bag_error(tmp_pa
         msgs.append(("/joint_states", ns, joint_state_msg(ns, JOINTS, [i, -i])))
         msgs.append(("/arm_controller/joint_trajectory", ns, trajectory_msg(ns, ["gripper"], [0.01 * i])))
     other_group = write_bag(tmp_path / "gripper", msgs)
-    with pytest.raises(BagError, match=r"gripper: no commands for joints \['shoulder', 'elbow'\] on action topic "
-                                       r"/arm_controller/joint_trajectory"):
+    with pytest.raises(BagError, match=re.escape(
+            "gripper: no commands for joints ['shoulder', 'elbow'] on action topic /arm_controller/joint_trajectory "
+            "(3 messages, naming joints ['gripper']); record the controller that drives these joints, set "
+            "data.joint_names to the joints it commands, or set data.action_type: delta")):
+        read_bag(other_group, _cfg(image_size=16, joint_names=JOINTS))
+    # Without data.joint_names the commands name the joints, and the joint states lack them.
+    with pytest.raises(BagError, match=re.escape(
+            "gripper: no joint states for joints ['gripper'] on topic /joint_states (3 messages, naming joints "
+            "['shoulder', 'elbow']); set data.joint_names")):
         read_bag(other_group, _cfg(image_size=16))
     with Writer(tmp_path / "silent", version=9, storage_plugin=StoragePlugin.MCAP) as w:  # the connection, no message
         conns = {t: w.add_connection(t, ty, typestore=TS) for t, ty in [
@@ -341,14 +433,18 @@ def test_an_action_topic_without_commands_for_these_joints_is_a_bag_error(tmp_pa
             ("/arm_controller/joint_trajectory", "trajectory_msgs/msg/JointTrajectory")]}
         for topic, ns, msg in msgs[:2]:
             w.write(conns[topic], ns, TS.serialize_cdr(msg, conns[topic].msgtype))
-    with pytest.raises(BagError, match="silent: no commands for joints"):
+    with pytest.raises(BagError, match=re.escape("silent: no commands on action topic "
+                                                 "/arm_controller/joint_trajectory (0 messages); record")):
         read_bag(tmp_path / "silent", _cfg(image_size=16))
+    with pytest.raises(BagError, match=re.escape("silent: no commands for joints ['shoulder', 'elbow'] on action "
+                                                 "topic /arm_controller/joint_trajectory (0 messages); record")):
+        read_bag(tmp_path / "silent", _cfg(image_size=16, joint_names=JOINTS))
 
 
 def test_delta_actions_need_no_action_topic(tmp_path):
     bag = robot_bag(tmp_path / "b", commands=False)
     s = read_bag(bag, _cfg(image_size=16, action_type="delta"))
-    assert len(s.images) == 4 and s.commands.shape == (0, 2)
+    assert len(s.images) == 4 and s.commands.shape == (0, 1, 2)
     with pytest.raises(BagError, match="no action topic /arm_controller/joint_trajectory"):
         read_bag(bag, _cfg(image_size=16))
 
@@ -442,15 +538,32 @@ def test_empty_topics_are_bag_errors(tmp_path):
         read_bag(tmp_path / "empty", _cfg(image_size=16, action_type="delta"))
 
 
-@pytest.mark.parametrize("kw, message", [
-    (dict(action_type="velocity"), "action_type"),
-    (dict(stamps="sensor"), "stamps"),
-    (dict(frameskip=0), "frameskip"),
-    (dict(image_size=4), "image_size"),
-])
+BAD_DATA_SETTINGS = [
+    (dict(action_type="deltas"), "data.action_type is 'deltas'; use 'command' or 'delta'"),
+    (dict(stamps="recv"), "data.stamps is 'recv'; use 'header' or 'receive'"),
+    (dict(frameskip=0), "data.frameskip is 0; it must be 1 or more"),
+    (dict(image_size=4), "data.image_size is 4; it must be 8 or more"),
+]
+
+
+@pytest.mark.parametrize("kw, message", BAD_DATA_SETTINGS)
 def test_data_config_rejects_bad_settings(kw, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         DataConfig(**kw)
+
+
+@pytest.mark.parametrize("kw, message", BAD_DATA_SETTINGS[:3])
+def test_a_bad_data_setting_ends_train_in_one_line(tmp_path, capsys, kw, message):
+    from jepa_wm.cli import main
+    from jepa_wm.resources import config_file
+
+    config = yaml.safe_load(config_file("train.yaml").read_text())
+    config["data"].update(kw)
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump(config))
+    bag = _write_episode(tmp_path / "ep", n=3)
+    assert main(["train", "--config", str(tmp_path / "train.yaml"), "--bags", str(bag),
+                 "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err == f"jepa-wm train: error: {message}\n"
 
 
 def test_data_config_defaults_match_the_writer():

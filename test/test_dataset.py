@@ -37,19 +37,25 @@ def _joint_state(ns, pos):
                                            velocity=np.zeros(0), effort=np.zeros(0))
 
 
-def _command(ns, pos):
-    point = T["trajectory_msgs/msg/JointTrajectoryPoint"](
-        positions=np.asarray(pos, float), velocities=np.zeros(0), accelerations=np.zeros(0), effort=np.zeros(0),
-        time_from_start=T["builtin_interfaces/msg/Duration"](sec=0, nanosec=100 * MS))
-    return T["trajectory_msgs/msg/JointTrajectory"](header=_header(ns), joint_names=JOINTS, points=[point])
+def _command(ns, pos, points=None):
+    """A one-point trajectory to `pos` in 100 ms; or `points` [(ms from the stamp, pos)], as MoveIt plans them."""
+    points = [(100, pos)] if points is None else points
+    points = [T["trajectory_msgs/msg/JointTrajectoryPoint"](
+        positions=np.asarray(q, float), velocities=np.zeros(0), accelerations=np.zeros(0), effort=np.zeros(0),
+        time_from_start=T["builtin_interfaces/msg/Duration"](sec=ms // 1000, nanosec=ms % 1000 * MS))
+        for ms, q in points]
+    return T["trajectory_msgs/msg/JointTrajectory"](header=_header(ns), joint_names=JOINTS, points=points)
 
 
 def write_bag(path, frames_ms, joints=None, commands=None):
-    """A bag with frames at `frames_ms` (frame k has pixel value k), joint states {ms: pos}, commands {ms: pos}."""
+    """A bag with frames at `frames_ms` (frame k has pixel value k), joint states {ms: pos}, commands {ms: pos, or
+    [(ms from the stamp, pos)] for a trajectory of several points}."""
     joints = {ms: [ms / 1000, -ms / 1000] for ms in frames_ms} if joints is None else joints
     msgs = [("/camera/image_raw", ms, _image(BASE + ms * MS, k)) for k, ms in enumerate(frames_ms)]
     msgs += [("/joint_states", ms, _joint_state(BASE + ms * MS, q)) for ms, q in joints.items()]
-    msgs += [("/arm_controller/joint_trajectory", ms, _command(BASE + ms * MS, q))
+    msgs += [("/arm_controller/joint_trajectory", ms,
+              _command(BASE + ms * MS, None, q) if isinstance(q, list) and isinstance(q[0], tuple)
+              else _command(BASE + ms * MS, q))
              for ms, q in (commands or {}).items()]
     msgs.sort(key=lambda m: m[1])
     with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as w:
@@ -150,6 +156,20 @@ def test_before_the_first_command_the_arm_holds(tmp_path, cfg):
     bag = write_bag(tmp_path / "early", [100, 200, 300], commands={50: [7, 7], 250: [8, 8]})
     [ep] = load_episodes(bag, cfg(), progress=False)
     np.testing.assert_allclose(ep.actions, [[7, 7], [8, 8], [8, 8]])  # a command from before frame 0 is in force
+
+
+def test_a_trajectory_of_several_points_commands_where_it_is_at_the_next_frame(tmp_path, cfg):
+    """A MoveIt-style plan starts at the current state and reaches its goal over several frames: the action for
+    frame t is the position it commands at frame t+1, not its first point."""
+    frames = [0, 100, 200, 300, 400, 500, 600]
+    plan = [(0, [0, 0]), (200, [2, -2]), (300, [3, -6])]  # (ms after its stamp, position)
+    replan = [(100, [9, 9]), (300, [11, 7])]
+    bag = write_bag(tmp_path / "bag", frames, commands={0: plan, 450: replan})
+    [ep] = load_episodes(bag, cfg(), progress=False)
+    np.testing.assert_allclose(ep.actions, [[1, -1], [2, -2], [3, -6],
+                                            [3, -6],  # past its last point
+                                            [9, 9],  # the replan, 50 ms in: before its first point
+                                            [9.5, 8.5], [10.5, 7.5]])  # the last frame's window: one period
 
 
 def test_joint_states_are_interpolated_to_frame_stamps(tmp_path, cfg):

@@ -13,7 +13,8 @@ Topics and types are the ones a ros2_control arm with a camera offers:
 
 Reading goes through `rosbags.highlevel.AnyReader`, driven by topic names
 (`DataConfig`), so bags recorded on a real robot load as they are: any image
-encoding, CompressedImage, commands as JointTrajectory or Float64MultiArray.
+encoding, CompressedImage, commands as JointTrajectory (one point or a planned
+trajectory of several) or Float64MultiArray (in data.joint_names' order).
 Anything wrong with a bag raises BagError naming the bag and the topic.
 Input bags are only ever opened for reading.
 """
@@ -28,6 +29,7 @@ from rosbags.highlevel import AnyReader
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
+from jepa_wm.core.config import ConfigError
 from jepa_wm.data.images import ImageFormatError, compressed_to_rgb, image_to_rgb, resize_rgb, rgb_to_image_fields
 
 TYPESTORE = get_typestore(Stores.ROS2_HUMBLE)  # message definitions unchanged through Kilted
@@ -53,7 +55,9 @@ class DataConfig:
     joint_state_topic: str = "/joint_states"
     action_topic: str = "/arm_controller/joint_trajectory"  # JointTrajectory or Float64MultiArray
     action_type: str = "command"  # "command": commanded positions; "delta": next joint state minus current
-    joint_names: list[str] = field(default_factory=list)  # order of joints and actions; empty = the bag's order
+    # Order of joints and actions. Empty: the action topic's JointTrajectory joint_names (action_type delta: the
+    # first joint state's); Float64MultiArray commands name no joints, so they need it set.
+    joint_names: list[str] = field(default_factory=list)
     image_size: int = 64
     frameskip: int = 1  # keep every k-th camera frame (a 30 Hz camera with 3 gives 10 Hz steps)
     max_gap_s: float = 1.0  # a longer gap between camera frames starts a new episode
@@ -65,11 +69,13 @@ class DataConfig:
 
     def __post_init__(self):
         if self.action_type not in ("command", "delta"):
-            raise ValueError(f"action_type is {self.action_type!r}; use 'command' or 'delta'")
+            raise ConfigError(f"data.action_type is {self.action_type!r}; use 'command' or 'delta'")
         if self.stamps not in ("header", "receive"):
-            raise ValueError(f"stamps is {self.stamps!r}; use 'header' or 'receive'")
-        if self.frameskip < 1 or self.image_size < 8:
-            raise ValueError(f"frameskip ({self.frameskip}) must be >= 1 and image_size ({self.image_size}) >= 8")
+            raise ConfigError(f"data.stamps is {self.stamps!r}; use 'header' or 'receive'")
+        if self.frameskip < 1:
+            raise ConfigError(f"data.frameskip is {self.frameskip}; it must be 1 or more")
+        if self.image_size < 8:
+            raise ConfigError(f"data.image_size is {self.image_size}; it must be 8 or more")
 
 
 # ---------------------------------------------------------------------- writing
@@ -176,10 +182,27 @@ class BagStreams:
     joint_names: list[str]
     joint_stamps: np.ndarray  # (M,) int64
     joint_pos: np.ndarray  # (M, J) float64, in joint_names order
-    command_stamps: np.ndarray  # (K,) int64 (empty for action_type "delta")
-    commands: np.ndarray  # (K, J) float64
+    command_stamps: np.ndarray  # (K,) int64 when each command was issued (empty for action_type "delta")
+    # (K, P, J) float64: each command's trajectory points (P: the most any command has; shorter ones repeat their
+    # last point), and (K, P) int64 when each is to be reached, in ns after the command's stamp (time_from_start).
+    commands: np.ndarray
+    command_offsets: np.ndarray
     object_stamps: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (P,) empty: no object poses
     object_pos: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))  # (P, 3) position, the pose's frame
+
+
+@dataclass
+class _Messages:
+    """One bag's messages on the configured topics, before the joints are put in one order."""
+
+    image_topic: str
+    images: list = field(default_factory=list)
+    image_stamps: list = field(default_factory=list)
+    joints: list = field(default_factory=list)  # (stamp, names, positions)
+    # (stamp, names, offsets, points): names None for Float64MultiArray; JointTrajectory without points included
+    commands: list = field(default_factory=list)
+    objects: list = field(default_factory=list)
+    object_stamps: list = field(default_factory=list)
 
 
 def _stamp(msg, bag_ns: int, cfg: DataConfig) -> int:
@@ -208,12 +231,61 @@ def _require(path, topics: dict, topic: str, types: tuple[str, ...], what: str):
         raise BagError(f"bag {path}: topic {topic} has type {topics[topic]}, expected {' or '.join(types)}")
 
 
+def _wanted_topics(path, topics: dict, image_topic: str, cfg: DataConfig) -> list[str]:
+    """The topics to read, after checking that the configured ones exist with the right types."""
+    _require(path, topics, cfg.joint_state_topic, (JOINT_STATE,), "joint state")
+    wanted = [image_topic, cfg.joint_state_topic]
+    if cfg.action_type == "command":
+        _require(path, topics, cfg.action_topic, (TRAJECTORY, FLOAT_ARRAY), "action")
+        if topics[cfg.action_topic] == FLOAT_ARRAY and not cfg.joint_names:
+            # The array names no joints: any order guessed from another topic can silently swap joints.
+            raise BagError(f"bag {path}: topic {cfg.action_topic} carries {FLOAT_ARRAY} commands, which name no "
+                           "joints; set data.joint_names to the controller's `joints` parameter, in its order")
+        wanted.append(cfg.action_topic)
+    if cfg.object_pose_topic in topics:  # optional: a bag without it loads without object poses
+        _require(path, topics, cfg.object_pose_topic, (POSE,), "object pose")
+        wanted.append(cfg.object_pose_topic)
+    return wanted
+
+
 def _decode_image(msg, msgtype: str, size: int) -> np.ndarray:
     if msgtype == COMPRESSED:
         rgb = compressed_to_rgb(msg.format, msg.data)
     else:
         rgb = image_to_rgb(msg.encoding, msg.height, msg.width, msg.step, msg.data, msg.is_bigendian)
     return resize_rgb(rgb, size)
+
+
+def _trajectory(msg):
+    """(joint names, each point's time_from_start in ns, each point's positions) of a JointTrajectory."""
+    offsets = [p.time_from_start.sec * 1_000_000_000 + p.time_from_start.nanosec for p in msg.points]
+    return tuple(msg.joint_names), offsets, [p.positions for p in msg.points]
+
+
+def _read_messages(path, reader: AnyReader, wanted: list[str], image_topic: str, cfg: DataConfig) -> _Messages:
+    out = _Messages(image_topic)
+    current = image_topic
+    try:
+        for conn, bag_ns, raw in reader.messages(connections=[c for c in reader.connections if c.topic in wanted]):
+            current = conn.topic
+            msg = reader.deserialize(raw, conn.msgtype)
+            ns = _stamp(msg, bag_ns, cfg)
+            if conn.topic == image_topic:
+                out.images.append(_decode_image(msg, conn.msgtype, cfg.image_size)), out.image_stamps.append(ns)
+            elif conn.topic == cfg.joint_state_topic:
+                out.joints.append((ns, tuple(msg.name), msg.position))
+            elif conn.topic == cfg.object_pose_topic:
+                p = msg.pose.position
+                out.objects.append([p.x, p.y, p.z]), out.object_stamps.append(ns)
+            elif conn.msgtype == TRAJECTORY:
+                out.commands.append((ns, *_trajectory(msg)))
+            else:  # Float64MultiArray: one value per joint, in the controller's (= data.joint_names) order
+                out.commands.append((ns, None, [0], [msg.data]))
+    except ImageFormatError as e:
+        raise BagError(f"bag {path}: topic {current}: {e}") from e
+    except Exception as e:  # truncated or corrupt storage surfaces as many exception types
+        raise BagError(f"bag {path}: cannot read topic {current} ({type(e).__name__}: {e})") from e
+    return out
 
 
 def _ordered(names, values, joint_names, path, topic):
@@ -224,6 +296,117 @@ def _ordered(names, values, joint_names, path, topic):
     if len(values) < len(names):
         raise BagError(f"bag {path}: topic {topic} has {len(values)} positions for joints {list(names)}")
     return [values[index[n]] for n in joint_names]
+
+
+def _named(msgs) -> str:
+    """What a topic held, for an error: its message count, and the joint lists its messages name."""
+    if not msgs:
+        return "0 messages"
+    lists = ", ".join(str(list(n)) for n in dict.fromkeys(m[1] for m in msgs))
+    return f"{len(msgs)} messages, naming joints {lists}"
+
+
+def _joint_order(path, m: _Messages, cfg: DataConfig) -> list[str]:
+    """data.joint_names, else the order the commands name (one controller's, whatever the receive order of
+    topics), else (action_type delta) the first joint state's."""
+    if cfg.joint_names:
+        return list(cfg.joint_names)
+    if cfg.action_type == "command":
+        named = [names for _, names, _, points in m.commands if points]
+        if not named:
+            held = _named(m.commands) + (", none with trajectory points" if m.commands else "")
+            raise BagError(f"bag {path}: no commands on action topic {cfg.action_topic} ({held}); record the "
+                           "controller that drives the arm, or set data.action_type: delta")
+        return list(named[0])
+    if not m.joints:
+        raise BagError(f"bag {path}: no joint states on topic {cfg.joint_state_topic} (0 messages)")
+    return list(m.joints[0][1])
+
+
+def _joint_states(path, m: _Messages, names: list[str], cfg: DataConfig):
+    """(stamps, positions (M, J)) of the joint states that name every joint in `names`."""
+    topic = cfg.joint_state_topic
+    rows = [(ns, _ordered(n, q, names, path, topic)) for ns, n, q in m.joints]
+    rows = [(ns, q) for ns, q in rows if q is not None]
+    if not rows:
+        raise BagError(f"bag {path}: no joint states for joints {names} on topic {topic} ({_named(m.joints)}); "
+                       "set data.joint_names to joints the bag has")
+    return [ns for ns, _ in rows], np.array([q for _, q in rows], float)
+
+
+def _command_rows(path, m: _Messages, names: list[str], cfg: DataConfig):
+    """(stamps, offsets, points) of the commands for `names`; Float64MultiArray values are taken in names' order."""
+    topic = cfg.action_topic
+    rows = []
+    for ns, n, offsets, points in m.commands:
+        q = list(points) if n is None else [_ordered(n, p, names, path, topic) for p in points]
+        if q and q[0] is not None:
+            rows.append((ns, offsets, np.asarray(q, float)))
+    if not rows:
+        # Otherwise every action would be the held first position: a model of an arm that ignores its commands.
+        raise BagError(f"bag {path}: no commands for joints {names} on action topic {topic} "
+                       f"({_named(m.commands)}); record the controller that drives these joints, set "
+                       "data.joint_names to the joints it commands, or set data.action_type: delta")
+    if any(len(p) != len(names) for _, _, q in rows for p in q):
+        raise BagError(f"bag {path}: commands on topic {topic} do not have one value per joint {names}")
+    return rows
+
+
+def _padded(rows, n_joints: int):
+    """(stamps (K,), points (K, P, J), offsets (K, P)): every command padded with its last point to P points."""
+    width = max([len(q) for _, _, q in rows], default=1)
+    points = np.zeros((len(rows), width, n_joints))
+    offsets = np.zeros((len(rows), width), np.int64)
+    for k, (_, o, q) in enumerate(rows):
+        points[k] = np.concatenate([q, np.repeat(q[-1:], width - len(q), 0)])
+        offsets[k] = np.concatenate([o, np.repeat(o[-1:], width - len(o))])
+    return [ns for ns, _, _ in rows], points, offsets
+
+
+# Commands, joint states and frames of one recording span nearly the same time; stamps that overlap for under
+# this share of the shorter span (beyond the slack for start-up and latency) come from different clocks.
+MIN_OVERLAP = 0.1
+OVERLAP_SLACK_NS = 1_000_000_000
+
+
+def _check_same_clock(path, frame_stamps, stamps, what: str):
+    """Refuse a stream stamped on another clock than the frames (a camera's own, sim time): interpolation would
+    hold its first or last value for every frame, a constant action or joint state."""
+    f0, f1, s0, s1 = frame_stamps[0], frame_stamps[-1], stamps[0], stamps[-1]
+    overlap = min(f1, s1) - max(f0, s0)
+    if overlap >= MIN_OVERLAP * min(f1 - f0, s1 - s0) - OVERLAP_SLACK_NS:
+        return
+    raise BagError(f"bag {path}: camera frames are stamped {f0 / 1e9:.3f} s to {f1 / 1e9:.3f} s, {what} "
+                   f"{s0 / 1e9:.3f} s to {s1 / 1e9:.3f} s: they hardly overlap, so their header stamps come from "
+                   "different clocks; set data.stamps: receive to use the recorder's receive times")
+
+
+def read_bag(path, cfg: DataConfig) -> BagStreams:
+    """Decode the camera, joint state and command topics of one bag (images resized to cfg.image_size)."""
+    path = Path(path)
+    reader = open_reader(path)
+    try:
+        topics = {c.topic: c.msgtype for c in reader.connections}
+        image_topic = _pick_image_topic(path, topics, cfg)
+        m = _read_messages(path, reader, _wanted_topics(path, topics, image_topic, cfg), image_topic, cfg)
+    finally:
+        reader.close()
+    return _streams(path, m, cfg)
+
+
+def _streams(path, m: _Messages, cfg: DataConfig) -> BagStreams:
+    if not m.images:
+        raise BagError(f"bag {path}: no frames on image topic {m.image_topic}")
+    names = _joint_order(path, m, cfg)
+    image_stamps, images = _sorted(m.image_stamps, np.stack(m.images))
+    joint_stamps, joint_pos = _sorted(*_joint_states(path, m, names, cfg))
+    _check_same_clock(path, image_stamps, joint_stamps, f"joint states on {cfg.joint_state_topic}")
+    rows = _command_rows(path, m, names, cfg) if cfg.action_type == "command" else []
+    command_stamps, commands, offsets = _sorted(*_padded(rows, len(names)))
+    if cfg.action_type == "command":
+        _check_same_clock(path, image_stamps, command_stamps, f"commands on {cfg.action_topic}")
+    return BagStreams(image_stamps, images, names, joint_stamps, joint_pos, command_stamps, commands, offsets,
+                      *_sorted(m.object_stamps, np.array(m.objects, float).reshape(len(m.objects), 3)))
 
 
 def open_reader(path) -> AnyReader:
@@ -240,76 +423,8 @@ def open_reader(path) -> AnyReader:
     return reader
 
 
-def read_bag(path, cfg: DataConfig) -> BagStreams:
-    """Decode the camera, joint state and command topics of one bag (images resized to cfg.image_size)."""
-    path = Path(path)
-    reader = open_reader(path)
-    try:
-        topics = {c.topic: c.msgtype for c in reader.connections}
-        image_topic = _pick_image_topic(path, topics, cfg)
-        _require(path, topics, cfg.joint_state_topic, (JOINT_STATE,), "joint state")
-        wanted = [image_topic, cfg.joint_state_topic]
-        if cfg.action_type == "command":
-            _require(path, topics, cfg.action_topic, (TRAJECTORY, FLOAT_ARRAY), "action")
-            wanted.append(cfg.action_topic)
-        if cfg.object_pose_topic in topics:  # optional: a bag without it loads without object poses
-            _require(path, topics, cfg.object_pose_topic, (POSE,), "object pose")
-            wanted.append(cfg.object_pose_topic)
-        images, image_stamps, joints, joint_stamps, commands, command_stamps = [], [], [], [], [], []
-        objects, object_stamps = [], []
-        names = list(cfg.joint_names)
-        current = image_topic
-        try:
-            connections = [c for c in reader.connections if c.topic in wanted]
-            for conn, bag_ns, raw in reader.messages(connections=connections):
-                current = conn.topic
-                msg = reader.deserialize(raw, conn.msgtype)
-                ns = _stamp(msg, bag_ns, cfg)
-                if conn.topic == image_topic:
-                    images.append(_decode_image(msg, conn.msgtype, cfg.image_size))
-                    image_stamps.append(ns)
-                elif conn.topic == cfg.joint_state_topic:
-                    names = names or list(msg.name)
-                    q = _ordered(msg.name, msg.position, names, path, conn.topic)
-                    if q is not None:
-                        joints.append(q), joint_stamps.append(ns)
-                elif conn.topic == cfg.object_pose_topic:
-                    p = msg.pose.position
-                    objects.append([p.x, p.y, p.z]), object_stamps.append(ns)
-                elif conn.msgtype == TRAJECTORY:
-                    if msg.points:
-                        names = names or list(msg.joint_names)
-                        q = _ordered(msg.joint_names, msg.points[0].positions, names, path, conn.topic)
-                        if q is not None:
-                            commands.append(q), command_stamps.append(ns)
-                else:  # Float64MultiArray: one value per joint, in the controller's (= joint_names) order
-                    commands.append(list(msg.data)), command_stamps.append(ns)
-        except ImageFormatError as e:
-            raise BagError(f"bag {path}: topic {current}: {e}") from e
-        except BagError:
-            raise
-        except Exception as e:  # truncated or corrupt storage surfaces as many exception types
-            raise BagError(f"bag {path}: cannot read topic {current} ({type(e).__name__}: {e})") from e
-    finally:
-        reader.close()
-
-    if not images:
-        raise BagError(f"bag {path}: no frames on image topic {image_topic}")
-    if not joints:
-        raise BagError(f"bag {path}: no joint states for joints {names} on topic {cfg.joint_state_topic}")
-    if cfg.action_type == "command" and not commands:
-        # Otherwise every action would be the held first position: a model of an arm that ignores its commands.
-        raise BagError(f"bag {path}: no commands for joints {names} on action topic {cfg.action_topic} (messages "
-                       "there are empty or name other joints); record the controller that drives these joints, "
-                       "or set data.action_type: delta")
-    if cfg.action_type == "command" and len({len(c) for c in commands} | {len(names)}) != 1:
-        raise BagError(f"bag {path}: commands on topic {cfg.action_topic} do not have one value per joint {names}")
-    return BagStreams(*_sorted(image_stamps, np.stack(images)), names, *_sorted(joint_stamps, np.array(joints, float)),
-                      *_sorted(command_stamps, np.array(commands, float).reshape(len(commands), len(names))),
-                      *_sorted(object_stamps, np.array(objects, float).reshape(len(objects), 3)))
-
-
-def _sorted(stamps, values):
+def _sorted(stamps, *values):
+    """The stamps (int64) in increasing order, and each of `values` in the same order."""
     stamps = np.asarray(stamps, np.int64)
     order = np.argsort(stamps, kind="stable")
-    return stamps[order], values[order]
+    return (stamps[order], *(v[order] for v in values))

@@ -27,7 +27,7 @@ __all__ = ["DataConfig", "Episode", "BagError", "load_episodes", "split_episodes
            "find_bags", "episodes_from_streams", "checkpoint_data_config"]
 
 # Part of every cache key: bump it when decoding or the cache layout changes, so old caches are not read.
-CACHE_FORMAT = 3
+CACHE_FORMAT = 4
 
 
 @dataclass
@@ -53,29 +53,31 @@ def _interpolate(stamps, value_stamps, values) -> np.ndarray:
     return np.stack([np.interp(stamps, value_stamps, values[:, j]) for j in range(values.shape[1])], axis=1)
 
 
-def _commands_for(stamps, command_stamps, commands, joints) -> np.ndarray:
-    """For frame t, the latest command issued in [stamp_t, stamp_t+1); else the previous frame's action.
+def _commands_for(stamps, streams: BagStreams, joints) -> np.ndarray:
+    """For frame t, the position the latest command issued before frame t+1 commands at frame t+1's stamp.
 
-    The last frame's window is one frame period long, so that a command from after the episode (the next
-    episode's, across a camera gap) is not taken as its action. Before any command the arm holds: the action is
-    the measured position.
+    A trajectory's position between its points is interpolated (before its first point: the first; after its
+    last: the last), so a one-point command gives its point. The last frame's window is one frame period long,
+    so that a command from after the episode (the next episode's, across a camera gap) is not taken as its action.
+    Before any command the arm holds: the action is the first measured position.
     """
-    actions = np.empty_like(joints)
     end = stamps[-1] + (stamps[-1] - stamps[-2]) if len(stamps) > 1 else np.iinfo(np.int64).max
     bounds = np.append(stamps[1:], end)
     # Index of the last command stamped before each window's end.
-    last = np.searchsorted(command_stamps, bounds, side="left") - 1
-    for t in range(len(stamps)):
-        i = last[t]
-        if i >= 0 and command_stamps[i] >= stamps[t]:
-            actions[t] = commands[i]
-        elif t > 0:
-            actions[t] = actions[t - 1]
-        elif i >= 0:  # a command issued before the first frame is still in force
-            actions[t] = commands[i]
+    last = np.searchsorted(streams.command_stamps, bounds, side="left") - 1
+    actions = np.empty_like(joints)
+    for t, (i, bound) in enumerate(zip(last, bounds)):
+        if i < 0:
+            actions[t] = joints[0]
         else:
-            actions[t] = joints[t]
+            actions[t] = _trajectory_at(bound - streams.command_stamps[i], streams.command_offsets[i],
+                                        streams.commands[i])
     return actions
+
+
+def _trajectory_at(elapsed, offsets, points) -> np.ndarray:
+    """Where a trajectory (points (P, J), each to be reached `offsets` ns after its stamp) is `elapsed` ns in."""
+    return np.array([np.interp(elapsed, offsets, points[:, j]) for j in range(points.shape[1])])
 
 
 def episodes_from_streams(streams: BagStreams, cfg: DataConfig, source: str) -> list[Episode]:
@@ -92,7 +94,7 @@ def episodes_from_streams(streams: BagStreams, cfg: DataConfig, source: str) -> 
         if cfg.action_type == "delta":
             actions = np.diff(joints, axis=0, append=joints[-1:])  # the last frame holds
         else:
-            actions = _commands_for(st, streams.command_stamps, streams.commands, joints)
+            actions = _commands_for(st, streams, joints)
         objects = None
         if len(streams.object_stamps):
             objects = _interpolate(st, streams.object_stamps, streams.object_pos).astype(np.float32)
@@ -211,7 +213,7 @@ def load_episodes(bag_paths_or_dirs, cfg: DataConfig | None = None, progress: bo
     episodes = []
     for bag in tqdm(bags, desc="loading bags", unit="bag", disable=not progress):
         episodes.extend(load_bag(bag, cfg))
-    # Without data.joint_names every bag is read in its own joint order: two orders would mix up the joints.
+    # Without data.joint_names each bag is read in the order its commands name: two orders would mix up the joints.
     orders = {e.joint_names: e.source for e in episodes}
     if len(orders) > 1:
         (a, bag_a), (b, bag_b) = list(orders.items())[:2]
