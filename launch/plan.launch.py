@@ -7,7 +7,10 @@
 Defaults for every parameter live in config/planner.yaml, monitor.yaml and
 gate.yaml; the arguments below override the ones that differ per robot. The
 planner is a lifecycle node that configures and activates itself
-(`autostart: true`). Autonomy starts disengaged: call /command_gate/engage.
+(`autostart: true`). The surprise monitor starts with its protective stop
+latched, so the gate forwards nothing (teleop included): once the camera is
+live, call /surprise_monitor/reset. Autonomy starts disengaged: call
+/command_gate/engage.
 """
 
 import os

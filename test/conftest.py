@@ -2,7 +2,8 @@
 
 * `ros_domain`: a ROS_DOMAIN_ID no other test of this run (or, very likely, of
   a concurrent run) uses, with discovery limited to localhost.
-* `ros`: an rclpy context + node in that domain, with `spin_until(cond)`.
+* `ros`: an rclpy context + node in that domain, with `spin_until(cond)`, and
+  `reset_monitor()` for the stop a surprise monitor latches at start-up.
 * `start_node(executable, params=..., overrides=...)`: starts scripts/<executable>
   as a separate process with `--ros-args --params-file config/...yaml -p k:=v`,
   stopped (SIGINT, then SIGKILL) at teardown; its output is kept for asserts.
@@ -97,6 +98,20 @@ class RosHarness:
         assert self.spin_until(future.done, timeout), f"service {name} did not answer"
         self.node.destroy_client(client)
         return future.result()
+
+    def reset_monitor(self, timeout: float = 20.0, spin=None):
+        """Clear the surprise monitor's stop, which it latches at start-up: ~/reset until it succeeds (it is
+        refused until a camera frame has reached the monitor). `spin(seconds)` runs between tries, for a test
+        that must keep publishing frames meanwhile; by default the executor is spun."""
+        from std_srvs.srv import Trigger
+
+        spin = spin or self.spin_for
+        end = time.monotonic() + timeout
+        while True:
+            res = self.call(Trigger, "/surprise_monitor/reset", Trigger.Request(), timeout=max(1.0, end - time.monotonic()))
+            if res.success or time.monotonic() > end:
+                return res
+            spin(0.2)
 
     def collect(self, msg_type, topic: str, qos=10):
         """Subscribe and append (receipt monotonic time, msg) to the returned list."""

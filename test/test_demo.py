@@ -23,6 +23,9 @@ def test_demo_reaches_its_goals_passes_its_safety_checks_and_writes_its_summary(
     assert r.returncode == 0, log[-4000:]
     assert "all safety checks passed" in r.stdout, log[-4000:]
     assert "reached 2/2 goals" in r.stdout, log[-4000:]
+    # The monitor starts latched and the gate holds it; the demo resets it, once the camera is live, before goal 1.
+    assert "-> stopped" in r.stdout.split("reset: reset; was: monitor started")[0], log[-4000:]
+    assert r.stdout.index("reset: reset; was: monitor started") < r.stdout.index("goal 1:"), log[-4000:]
     assert f"summary written to {out};" in r.stdout
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", "the summary is not a PNG at the path asked for"
 

@@ -64,6 +64,10 @@ class Loop:
         self.scores = ros.collect(Image, "/surprise_monitor/score")
         self.goal_pub = node.create_publisher(Image, "/planner/goal_image", LATCHED_QOS)
         assert ros.spin_until(lambda: self.q[0] is not None and self.state, 20)
+        # The monitor starts with its stop latched: an operator's reset, once the camera is live, lets the arm move.
+        res = ros.reset_monitor()
+        assert res.success, f"{res.message}\n{self.procs[2].output[-2000:]}"
+        assert ros.spin_until(lambda: not self.stop[0] and self.state.get("mode") != "stopped", 5), self.state
 
     def goal(self, joints):
         """Publish the goal image of these joints (the object where it is); returns them, inside the goal range.

@@ -1,4 +1,5 @@
-"""The surprise monitor as a real process: latches on surprise and on a silent camera, survives bad frames."""
+"""The surprise monitor as a real process: starts latched, latches on surprise and on a silent camera, survives bad
+frames."""
 
 import json
 import re
@@ -14,7 +15,8 @@ from builtin_interfaces.msg import Time  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
 from sensor_msgs.msg import Image, JointState  # noqa: E402
 from std_msgs.msg import Bool, String  # noqa: E402
-from std_srvs.srv import Trigger  # noqa: E402
+from std_srvs.srv import SetBool, Trigger  # noqa: E402
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E402
 
 from jepa_wm.nodes.common import LATCHED_QOS, SENSOR_QOS, image_msg_from_rgb, stamp_ns, vector_from_msg, vector_msg  # noqa: E402
 
@@ -70,6 +72,14 @@ class Camera:
     def stopped(self):
         return bool(self.stops) and self.stops[-1][1].data
 
+    def reset(self, run=None):
+        """Clear the stop the monitor latches at start-up; `run(frames)` keeps the camera live meanwhile."""
+        run = run or (lambda frames: self.run(frames, answer=False))
+        res = self.ros.reset_monitor(spin=lambda _: run(2))
+        assert res.success, res.message
+        assert self.ros.spin_until(lambda: not self.stopped(), 3)
+        return res
+
 
 def _start(start_node, ckpt, **over):
     params = {"model": str(ckpt), "startup_grace": 5.0, "camera_timeout": 0.8, "score_only_in_autonomy": False}
@@ -83,6 +93,7 @@ def test_injected_surprise_latches_within_two_frames_until_reset(ros, start_node
     mon = _start(start_node, tiny_checkpoint)
     cam = Camera(ros)
     assert ros.spin_until(lambda: ros.node.count_subscribers("/camera/image_raw") > 0, 15)
+    cam.reset()
     cam.run(12)
     assert cam.scores, f"nominal predictions are scored\n{mon.output}"
     assert not cam.stopped(), f"a perfect model does not trip the stop: {[vector_from_msg(m) for _, m in cam.scores]}"
@@ -103,7 +114,8 @@ def test_injected_surprise_latches_within_two_frames_until_reset(ros, start_node
     assert ros.spin_until(lambda: not cam.stopped(), 3)
     cam.run(5)
     assert not cam.stopped()
-    assert any(s.level == DiagnosticStatus.ERROR and "protective stop" in s.message for _, d in cam.diags for s in d.status)
+    assert any(s.level == DiagnosticStatus.ERROR and "protective stop: surprise" in s.message
+               for _, d in cam.diags for s in d.status)
     assert mon.wait_output("PROTECTIVE STOP latched: surprise", 3), mon.output
 
 
@@ -114,6 +126,7 @@ def test_predictions_made_before_autonomy_began_are_not_scored(ros, start_node, 
     cam = Camera(ros)
     gate = ros.node.create_publisher(String, "/command_gate/state", LATCHED_QOS)
     assert ros.spin_until(lambda: ros.node.count_subscribers("/camera/image_raw") > 0, 15)
+    cam.reset()  # before the gate engages: a reset of a latched stop closes the scoring window
     cam.offset = 1.0
     cam.run(5, answer=False)
     gate.publish(String(data=json.dumps({"mode": "autonomy"})))
@@ -129,6 +142,7 @@ def test_silent_camera_latches_and_reset_needs_a_live_camera(ros, start_node, ti
     mon = _start(start_node, tiny_checkpoint)
     cam = Camera(ros)
     assert ros.spin_until(lambda: ros.node.count_subscribers("/camera/image_raw") > 0, 15)
+    cam.reset()
     cam.run(8)
     assert not cam.stopped()
     t_last = time.monotonic()
@@ -146,6 +160,7 @@ def test_a_camera_repeating_its_frame_while_the_arm_moves_latches_a_stop(ros, st
     cam = Camera(ros)
     joints = ros.node.create_publisher(JointState, "/joint_states", 10)
     assert ros.spin_until(lambda: ros.node.count_subscribers("/joint_states") > 0, 15), mon.output
+    cam.reset()
     q = 0.0
 
     def run(frames, speed):
@@ -207,6 +222,7 @@ def test_the_frozen_frame_check_sees_the_arm_when_a_gripper_publishes_joint_stat
     arm = ros.node.create_publisher(JointState, "/joint_states", 10)
     gripper = ros.node.create_publisher(JointState, "/joint_states", 10)
     assert ros.spin_until(lambda: ros.node.count_subscribers("/joint_states") > 0, 15), mon.output
+    cam.reset()
     q = 0.0
     for k in range(14):
         cam.frozen = k >= 4  # a live camera first, then one picture while the arm moves on
@@ -224,15 +240,72 @@ def test_the_frozen_frame_check_sees_the_arm_when_a_gripper_publishes_joint_stat
 
 def test_the_stop_topic_is_republished_as_a_heartbeat_and_stays_latched(ros, start_node, tiny_checkpoint):
     # The gate takes a quiet stop topic for a dead monitor, so the state comes at 20 Hz, not only on changes.
-    mon = _start(start_node, tiny_checkpoint, startup_grace=3.0)
+    mon = _start(start_node, tiny_checkpoint, startup_grace=1.0)
     cam = Camera(ros)
-    assert ros.spin_until(cam.stopped, 10), mon.output  # no camera at all: latched after startup_grace
-    first_true = next(i for i, (_, m) in enumerate(cam.stops) if m.data)
-    assert first_true >= 10, f"only {first_true} 'false' messages in about 2 s before the latch"
+    assert ros.spin_until(lambda: cam.stops, 10), mon.output
     n = len(cam.stops)
     ros.spin_for(1.0)
     assert len(cam.stops) - n >= 10, f"{len(cam.stops) - n} messages in 1 s while latched"
-    assert all(m.data for _, m in cam.stops[first_true:]), "once latched, only ~/reset clears it"
+    # No camera at all: latched from start-up, and after startup_grace the silent camera is the stop's reason.
+    assert mon.wait_output("PROTECTIVE STOP latched: camera '/camera/image_raw' silent for more than 1.0 s", 3), mon.output
+    ros.spin_for(0.5)
+    assert all(m.data for _, m in cam.stops), "once latched, only ~/reset clears it"
+
+
+def test_a_started_or_restarted_monitor_latches_and_only_reset_lets_the_gate_move(ros, start_node, tiny_checkpoint):
+    # A monitor's first word is `true`: a `false` at start-up would clear the stop a killed predecessor latched
+    # while its cause may still be there. The gate (a real one) forwards nothing, teleop included, until ~/reset.
+    joints = ["base_yaw", "shoulder", "elbow"]
+    gate = start_node("command_gate", "gate.yaml", {"joint_names": joints})
+    # The start-up latch, not a camera missing at start-up, is what stops the gate here; and a slow service call
+    # on a busy machine must not look like a silent camera.
+    timing = {"startup_grace": 60.0, "camera_timeout": 3.0}
+    mon = _start(start_node, tiny_checkpoint, **timing)
+    cam = Camera(ros)
+    js = ros.node.create_publisher(JointState, "/joint_states", 10)
+    ros.node.create_timer(0.05, lambda: js.publish(JointState(name=joints, position=[0.1, -0.2, 0.3])))
+    teleop = ros.node.create_publisher(JointTrajectory, "/command_gate/teleop/joint_trajectory", 10)
+    states = ros.collect(String, "/command_gate/state", LATCHED_QOS)
+    out = ros.collect(JointTrajectory, "/arm_controller/joint_trajectory")
+    mode = lambda: json.loads(states[-1][1].data)["mode"] if states else None  # noqa: E731
+    engage = lambda: ros.call(SetBool, "/command_gate/engage", SetBool.Request(data=True))  # noqa: E731
+    assert gate.wait_output("gate up", 60), gate.output
+
+    def latched_and_held(monitor, seconds=2.0):
+        """The monitor says `true` and nothing else; the gate stays stopped, refuses to engage, drops teleop."""
+        assert monitor.wait_output("PROTECTIVE STOP latched: monitor started: call ~/reset once the camera is live", 3)
+        n_stops, n_states, n_out = len(cam.stops), len(states), len(out)
+        pt = JointTrajectoryPoint(positions=[0.4, 0.0, 0.0])
+        pt.time_from_start.nanosec = 100_000_000
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            teleop.publish(JointTrajectory(joint_names=joints, points=[pt]))
+            cam.run(1, answer=False)  # a live camera does not clear it either
+        assert len(cam.stops) - n_stops >= 10 and all(m.data for _, m in cam.stops[n_stops:]), monitor.output
+        assert all(json.loads(m.data)["mode"] == "stopped" for _, m in states[n_states:]) and mode() == "stopped", (
+            f"{[json.loads(m.data) for _, m in states[n_states:]]}\n{gate.output}")
+        assert not any(list(m.points[0].positions) == [0.4, 0.0, 0.0] for _, m in out[n_out:] if m.points), "teleop forwarded"
+        cam.run(6, answer=False)  # teleop_timeout: teleop must not be what refuses the engage
+        assert not engage().success
+
+    # A fresh start: latched, with the reason in the log and in /diagnostics.
+    assert ros.spin_until(lambda: mode() == "stopped", 15), f"{gate.output}\n{mon.output}"
+    assert ros.spin_until(lambda: any("protective stop: monitor started" in s.message
+                                      for _, d in cam.diags for s in d.status), 3), mon.output
+    latched_and_held(mon)
+    cam.reset()
+    assert ros.spin_until(lambda: mode() not in (None, "stopped"), 3), gate.output
+
+    # A stop latches (here the camera goes silent), the monitor is killed and restarted: the new one keeps it.
+    assert ros.spin_until(lambda: mode() == "stopped", 10), mon.output
+    mon.proc.kill()
+    mon.proc.wait(timeout=10)
+    mon = _start(start_node, tiny_checkpoint, **timing)
+    latched_and_held(mon)
+    cam.reset()
+    assert ros.spin_until(lambda: mode() not in (None, "stopped"), 3), gate.output
+    res = engage()
+    assert res.success, res.message
 
 
 def test_scoring_resumes_after_the_sim_clock_restarts(ros, start_node, tiny_checkpoint):
@@ -253,7 +326,7 @@ def test_scoring_resumes_after_the_sim_clock_restarts(ros, start_node, tiny_chec
             cam.run(1)
 
     cam.t0 = 10**9
-    run(3)
+    cam.reset(run)
     gate.publish(String(data=json.dumps({"mode": "autonomy", "engaged": True})))
     run(6)
     assert cam.scores and not cam.stopped(), mon.output
@@ -264,18 +337,18 @@ def test_scoring_resumes_after_the_sim_clock_restarts(ros, start_node, tiny_chec
 
 
 def test_the_start_up_grace_begins_with_the_sim_clock(ros, start_node, tiny_checkpoint):
-    # Under sim time the node starts at time 0; a simulator already at 500 s is not 500 s of camera silence.
+    # Under sim time the node starts at time 0; a simulator already at 500 s is not 500 s of camera silence. The
+    # monitor is latched from start-up anyway, but a silent camera would become the stop's reason.
     from rosgraph_msgs.msg import Clock
 
     mon = _start(start_node, tiny_checkpoint, use_sim_time=True, startup_grace=5.0)
-    cam = Camera(ros)
     clock = ros.node.create_publisher(Clock, "/clock", 10)
     assert ros.spin_until(lambda: ros.node.count_subscribers("/clock") > 0, 15)
     for k in range(30):  # 1.5 s of sim time from 500 s, no camera frame yet
         clock.publish(Clock(clock=Time(sec=500, nanosec=k * 50_000_000)))
         ros.spin_for(0.05)
-    assert not cam.stopped(), mon.output
-    assert "silent" not in mon.output
+    ros.spin_for(0.5)  # the monitor's log catches up
+    assert "silent" not in mon.output, mon.output
 
 
 def test_a_planner_slower_than_the_gate_is_still_scored(ros, start_node, tiny_checkpoint):
@@ -286,6 +359,7 @@ def test_a_planner_slower_than_the_gate_is_still_scored(ros, start_node, tiny_ch
     cam = Camera(ros)
     gate = ros.node.create_publisher(String, "/command_gate/state", LATCHED_QOS)
     assert ros.spin_until(lambda: ros.node.count_subscribers("/camera/image_raw") > 0, 15)
+    cam.reset()
     state = lambda mode: gate.publish(String(data=json.dumps({"mode": mode, "engaged": True})))  # noqa: E731
     for k in range(40):
         cam.run(1, answer=False)  # frame k

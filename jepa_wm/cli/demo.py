@@ -2,7 +2,8 @@
 
 The four nodes run in one executor (spun by a background thread), with the same parameter files
 the launch files use; they talk over DDS exactly as separate processes do.
-A driver then (1) reaches goal images, (2) occludes the camera while the arm
+A driver then (0) resets the stop the monitor latches at start-up, once the
+camera is live, (1) reaches goal images, (2) occludes the camera while the arm
 moves, which the monitor must flag and the gate must stop, (3) resets the stop
 and re-engages, (4) pre-empts autonomy with a teleop command. Events are
 printed as they happen; a PNG summary is written at the end.
@@ -119,7 +120,8 @@ def run(args) -> int:
     spin.start()
 
     rec = {"t": [], "err": [], "score": [], "stops": [], "frames": []}
-    state = {"gate": {}, "stop": False, "joints": None, "goal": None}
+    # The monitor starts latched: its first `true` is no event (the start-up reset below clears it).
+    state = {"gate": {}, "stop": True, "joints": None, "goal": None}
 
     def on_gate(msg):
         s = json.loads(msg.data)
@@ -174,10 +176,28 @@ def run(args) -> int:
             time.sleep(0.02)
         return cond()
 
+    def reset_monitor(timeout=20.0):
+        """~/reset until it succeeds: the monitor refuses it until its camera is live. True once the gate,
+        which follows the stop topic, has left `stopped` (an engage before that is refused)."""
+        end = time.monotonic() + timeout
+        res = call(Trigger, "/surprise_monitor/reset", Trigger.Request())
+        while not res.success and time.monotonic() < end:
+            time.sleep(0.2)
+            res = call(Trigger, "/surprise_monitor/reset", Trigger.Request())
+        ev(f"reset: {res.message}")
+        return res.success and wait(lambda: state["gate"].get("mode") != "stopped", 5)
+
     ok = True
     try:
         if not wait(lambda: state["joints"] is not None and state["gate"], 20):
             ev("no joint states or gate state: DDS discovery failed?")
+            return 1
+        # The monitor starts latched (fail-safe) and the gate follows it: nothing moves the arm before a reset.
+        if not wait(lambda: state["gate"].get("mode") == "stopped", 10):
+            ev(f"the gate does not hold the monitor's start-up stop (mode {state['gate'].get('mode')})")
+            ok = False
+        if not reset_monitor():  # as an operator does after start-up, once the camera is live
+            ev("the monitor's start-up stop could not be reset")
             return 1
         rng = np.random.default_rng(args.seed + 1000)  # not the simulator's stream
         lo, hi = sim.lo, sim.hi
@@ -201,7 +221,7 @@ def run(args) -> int:
             err = float(np.abs(state["joints"] - goal).max())
             if state["stop"]:
                 ev(f"goal {i + 1}: interrupted by a protective stop (error {err:.3f} rad)")
-                call(Trigger, "/surprise_monitor/reset", Trigger.Request())
+                reset_monitor()
                 ok = False
             else:
                 ev(f"goal {i + 1}: {'REACHED' if reached else 'not reached'} (max joint error {err:.3f} rad)")
@@ -235,8 +255,7 @@ def run(args) -> int:
         ev(f"engage while stopped: {res.success} ({res.message})")
         ev(f"lens clear: {call(SetBool, '/sim/occlude_camera', SetBool.Request(data=False)).message}")
         time.sleep(1.5)  # the planner's history fills with clear frames again before autonomy resumes
-        res = call(Trigger, "/surprise_monitor/reset", Trigger.Request())
-        ev(f"reset: {res.message}")
+        reset_monitor()
         res = call(SetBool, "/command_gate/engage", SetBool.Request(data=True))
         ev(f"re-engage: {res.message}")
         time.sleep(1.0)
@@ -257,7 +276,7 @@ def run(args) -> int:
             n.destroy_node()
         rclpy.try_shutdown()
     _summary(args.out, rec, ev.log)
-    # Exit status: the safety checks (no false stop, surprise stop, hold, teleop pre-emption);
+    # Exit status: the safety checks (start-up stop held, no false stop, surprise stop, hold, teleop pre-emption);
     # goal reaching is a performance number, printed above.
     ev(f"summary written to {args.out}; {'all safety checks passed' if ok else 'SOME SAFETY CHECKS FAILED'}")
     return 0 if ok else 1

@@ -16,9 +16,13 @@ the joints move (`frozen_frame_motion`, core.checks.FrozenFrameCheck), or
 `prediction_timeout` seconds of the gate forwarding autonomy without a single
 prediction scored latch a protective stop: True on the stop topic
 (std_msgs/Bool, reliable, transient local). Only `~/reset` (std_srvs/Trigger)
-clears it, and only when the camera is live again. The stop state is also
-republished on every 20 Hz check, so the stop topic is the monitor's heartbeat:
-the gate holds when it goes quiet.
+clears it, and only when the camera is live again. The monitor also starts
+latched, like a safety controller after power-up: a restarted monitor knows
+nothing of the stop its predecessor latched, nor whether its cause is gone, so
+only an operator's reset lets the arm move again. A fault found before that
+reset replaces the start-up reason, so that the operator sees it. The stop
+state is also republished on every 20 Hz check, so the stop topic is the
+monitor's heartbeat: the gate holds when it goes quiet.
 
 With `score_only_in_autonomy`, scoring follows the gate's `engaged` flag, not
 its mode: an engaged gate holds whenever the planner is late and forwards again
@@ -67,13 +71,17 @@ from jepa_wm.nodes.common import (
 )
 
 
+# The stop latched at start-up: not a fault, the operator's cue to check the scene and reset.
+STARTED = "monitor started: call ~/reset once the camera is live"
+
+
 class SurpriseMonitor(Node):
     def __init__(self, **kwargs):
         super().__init__("surprise_monitor", **kwargs)
         p = self._params()
         self._load(p)
-        self.stopped = False
-        self.stop_reason = ""
+        self.stopped = True  # fail-safe start: a false here would clear a stop a previous monitor latched
+        self.stop_reason = STARTED
         self.trips = 0
         self.observed = collections.OrderedDict()  # frame stamp ns -> latent
         self.predictions = collections.OrderedDict()  # source frame stamp ns -> predicted latent
@@ -105,7 +113,7 @@ class SurpriseMonitor(Node):
             post_callback=self._on_time_jump)
         self.create_timer(0.05, self._check_stale)
         self.create_timer(1.0, self._diagnostics)
-        self.stop_pub.publish(Bool(data=False))
+        self.stop_pub.publish(Bool(data=True))
         self.get_logger().info(
             f"monitor up: camera '{p['camera_topic']}' ({p['image_transport']}), predictions '{p['predicted_topic']}', "
             f"threshold {self.threshold:.3g} x{self.consecutive} frames (instant {self.instant:g}x), scale {self.scale:.3g}, "
@@ -113,6 +121,7 @@ class SurpriseMonitor(Node):
             + (f"at {p['frozen_frame_motion']:g} rad of '{p['joint_states_topic']}'" if self.frozen else "off")
             + f", stop latch '{p['stop_topic']}'"
         )
+        self.get_logger().warning(f"PROTECTIVE STOP latched: {STARTED}")
 
     # ------------------------------------------------------------------ set-up
 
@@ -127,7 +136,8 @@ class SurpriseMonitor(Node):
             "gate_state_topic": d("gate_state_topic", "/command_gate/state",
                                   "gate state (JSON String): scoring while it is engaged, scored predictions required while it forwards autonomy"),
             "stop_topic": d("stop_topic", DEFAULT_STOP_TOPIC,
-                            "latched protective stop output (Bool, transient local), republished at 20 Hz as the monitor's heartbeat"),
+                            "latched protective stop output (Bool, transient local; true from start-up until ~/reset), "
+                            "republished at 20 Hz as the monitor's heartbeat"),
             "threshold": d("threshold", 0.0, "surprise threshold on the normalised score; 0 = checkpoint calibration"),
             "consecutive": d("consecutive", 0, "frames over threshold in a row that trip the stop; 0 = checkpoint calibration"),
             "scale": d("scale", 0.0, "nominal prediction error the score is divided by; 0 = checkpoint calibration"),
@@ -137,7 +147,7 @@ class SurpriseMonitor(Node):
             "prediction_dt": d("prediction_dt", 0.1, "seconds between a prediction's source frame and the frame it predicts"),
             "match_tolerance": d("match_tolerance", 0.03, "seconds a frame stamp may differ from the predicted frame time"),
             "camera_timeout": d("camera_timeout", 1.0, "seconds without a camera frame that latch a stop"),
-            "startup_grace": d("startup_grace", 10.0, "seconds after start before a missing camera latches a stop"),
+            "startup_grace": d("startup_grace", 10.0, "seconds after start before a missing camera is the stop's reason"),
             "prediction_timeout": d("prediction_timeout", 1.0,
                                     "seconds of the gate forwarding autonomy without a scored prediction that latch a stop; 0 disables"),
             "joint_states_topic": d("joint_states_topic", "/joint_states", "measured joint positions (JointState), for the frozen-frame check"),
@@ -347,7 +357,7 @@ class SurpriseMonitor(Node):
         self.stop_pub.publish(Bool(data=self.stopped))  # heartbeat: the gate holds when it stops coming
 
     def _latch(self, reason: str):
-        if self.stopped:
+        if self.stopped and self.stop_reason != STARTED:  # the first fault stays the reason until ~/reset
             return
         self.stopped, self.stop_reason = True, reason
         self.stop_pub.publish(Bool(data=True))
@@ -376,9 +386,8 @@ class SurpriseMonitor(Node):
         st = DiagnosticStatus(name="jepa_wm: surprise_monitor", hardware_id="jepa_wm")
         if self.stopped:
             st.level, st.message = DiagnosticStatus.ERROR, f"protective stop: {self.stop_reason}"
-        elif self.bad_frames or self.last_frame_ns is None:
-            st.level, st.message = DiagnosticStatus.WARN, ("waiting for camera" if self.last_frame_ns is None
-                                                           else f"{self.bad_frames} malformed camera frames dropped")
+        elif self.bad_frames:  # a missing camera needs no case: until a frame has come, the start-up stop is on
+            st.level, st.message = DiagnosticStatus.WARN, f"{self.bad_frames} malformed camera frames dropped"
         else:
             st.level, st.message = DiagnosticStatus.OK, "monitoring"
         st.values = [KeyValue(key=k, value=str(v)) for k, v in (
