@@ -26,6 +26,7 @@ def test_train_writes_a_deployable_checkpoint_metrics_and_plot(trained):
     # Everything a deployment needs travels in the checkpoint.
     assert {"action_low", "action_high", "surprise", "metrics", "sources"} <= set(meta)
     assert meta["step_s"] == pytest.approx(0.1)  # the synthetic frames' spacing: the planner's control period
+    assert meta["data"]["image_size"] == 32  # drawn at the model's input size: a fine-tune reads new bags at it
     assert meta["surprise"]["threshold"] > 0 and meta["surprise"]["scale"] > 0
     # The planner's joint probe: one row per joint over the latent, fitted on the training episodes.
     probe = meta["joint_metric"]
@@ -122,6 +123,134 @@ def _finetune(parent, out, **train):
     config = {"train": {"steps": 4, "batch_size": 16, "val_every": 4, "warmup": 1, "precision": "fp32",
                         "freeze_encoder": True, **train}}
     return fit(synthetic_episodes(12, size=32, seed=5), config, out, parent=str(parent), sources=["synthetic"])
+
+
+ROBOT_TOPICS = {"image_topic": "/camera/color/image_raw", "action_topic": "/forward_position_controller/commands"}
+
+
+@pytest.fixture(scope="module")
+def robot_bags(tmp_path_factory):
+    """Three bags of the synthetic arm as a robot records them: other topics than the shipped config's, a 30 Hz
+    camera (the `trained` model steps 0.1 s)."""
+    from jepa_wm.data.bags import EpisodeWriter
+    from jepa_wm.train.synthetic import synthetic_episodes
+
+    root = tmp_path_factory.mktemp("robot")
+    for i, ep in enumerate(synthetic_episodes(3, steps=72, size=32, seed=6)):
+        with EpisodeWriter(root / f"ep{i}", ["base_yaw", "shoulder", "elbow"], control_dt=1 / 30,
+                           image_topic=ROBOT_TOPICS["image_topic"], action_topic=ROBOT_TOPICS["action_topic"]) as w:
+            for t in range(len(ep)):
+                ns = t * 1_000_000_000 // 30
+                w.write_frame(ns, ep.frames[t], ep.joints[t], np.zeros(3))
+                w.write_command(ns, ep.actions[t])
+    return root
+
+
+def _finetune_cli(parent, bags, out, tmp_path, data=None):
+    """`jepa-wm finetune` of a few steps; with `data`, a --config of that data section."""
+    import yaml
+
+    argv = ["finetune", "--model", str(parent), "--bags", str(bags), "--out", str(out), "--steps", "2"]
+    if data is not None:
+        config = tmp_path / "finetune.yaml"
+        config.write_text(yaml.safe_dump({"data": data, "finetune": {"batch_size": 8, "warmup": 1}}))
+        argv += ["--config", str(config)]
+    return cli(argv)
+
+
+def test_finetune_reads_new_bags_where_its_config_says(trained, robot_bags, tmp_path):
+    # The data section of --config was ignored but for cache_dir: bags on other topics were looked for on the
+    # parent's ("no image topic /camera/image_raw", a topic the user never set).
+    out, _ = trained
+    _, parent = load_checkpoint(out / "model.safetensors")
+    data = {**ROBOT_TOPICS, "frameskip": 3, "cache_dir": "off"}
+    assert _finetune_cli(out / "model.safetensors", robot_bags, tmp_path / "ft", tmp_path, data) == 0
+    _, meta = load_checkpoint(tmp_path / "ft" / "model.safetensors")
+    assert {k: meta["data"][k] for k in data} == data
+    assert meta["step_s"] == parent["step_s"]  # every third 30 Hz frame: the parent's step, as deployed
+    # Its own fine-tune, without --config, reads the bags as it was trained on them (the shipped config's topics
+    # would not find them).
+    assert _finetune_cli(tmp_path / "ft" / "model.safetensors", robot_bags, tmp_path / "ft2", tmp_path) == 0
+    _, meta = load_checkpoint(tmp_path / "ft2" / "model.safetensors")
+    assert meta["data"]["image_topic"] == ROBOT_TOPICS["image_topic"] and meta["data"]["frameskip"] == 3
+
+
+def test_finetune_refuses_bags_that_step_otherwise_than_the_parent(trained, robot_bags, tmp_path, capsys):
+    # A fine-tune on the 30 Hz frames made a model of 0.033 s steps, which the nodes then refused: their
+    # control_period was set to the parent's 0.1 s.
+    out, _ = trained
+    data = {**ROBOT_TOPICS, "cache_dir": "off"}
+    assert _finetune_cli(out / "model.safetensors", robot_bags, tmp_path / "ft", tmp_path, data) == 2
+    assert ("model.safetensors steps 0.1 s, these bags 0.0333 s (data.frameskip 1), and a model's step cannot "
+            "change: set data.frameskip 3") in capsys.readouterr().err
+    assert not (tmp_path / "ft" / "model.safetensors").exists()
+
+
+def test_a_finetune_keeps_the_parent_step_through_camera_drift_and_says_when_no_frameskip_fits():
+    from jepa_wm.core.config import ConfigError
+    from jepa_wm.train.pipeline import parent_step_s
+
+    # Every third frame of a 29.97 Hz camera: the parent's 0.1 s, so the deployed control_period still matches.
+    assert parent_step_s("p.safetensors", {"step_s": 0.1}, 3 / 29.97, 3) == 0.1
+    with pytest.raises(ConfigError, match=r"the parent p.safetensors steps 0.1 s, these bags 0.15 s \(data.frameskip "
+                                          r"1\), and a model's step cannot change: record the camera at 10 Hz or a "
+                                          r"multiple of it"):
+        parent_step_s("p.safetensors", {"step_s": 0.1}, 0.15, 1)
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"action_type": "delta"}, "data.action_type is 'delta', but the parent {} was trained with 'command', and a "
+                               "fine-tune keeps what its actions mean"),
+    ({"image_size": 64}, "data.image_size is 64, but the parent {} was trained with 32, and a fine-tune keeps its "
+                         "input size"),
+    ({"joint_names": ["elbow", "shoulder", "base_yaw"]},
+     "data.joint_names is ['elbow', 'shoulder', 'base_yaw'], but the parent {} was trained with ['base_yaw', "
+     "'shoulder', 'elbow'], and a fine-tune keeps its joint order"),
+])
+def test_finetune_refuses_data_settings_that_change_what_the_parent_means(tiny_checkpoint, tmp_path, capsys, data,
+                                                                           message):
+    # Refused before any bag is read ("nowhere" is never looked at); the parent's own values pass.
+    assert _finetune_cli(tiny_checkpoint, tmp_path / "nowhere", tmp_path / "ft", tmp_path, data) == 2
+    assert message.format(tiny_checkpoint) in capsys.readouterr().err
+    same = {"action_type": "command", "image_size": 32, "joint_names": ["base_yaw", "shoulder", "elbow"]}
+    assert _finetune_cli(tiny_checkpoint, tmp_path / "nowhere", tmp_path / "ft", tmp_path, same) == 2
+    assert "bag path" in capsys.readouterr().err
+
+
+def test_training_refuses_frames_of_another_size_than_the_model_takes(trained, tmp_path, capsys):
+    # data.image_size 96 with a 64-pixel model decoded frames at 96 and the model shrank them to 64, unasked.
+    from jepa_wm.core.config import ConfigError
+    from jepa_wm.train.pipeline import fit
+    from jepa_wm.train.synthetic import synthetic_episodes
+
+    eps = synthetic_episodes(4, size=48, seed=1)
+    config = {"model": {"preset": "tiny"}, "train": {"steps": 2, "batch_size": 8, "precision": "fp32"}}
+    with pytest.raises(ConfigError, match=r"data.image_size is 48, but the model takes 32 x 32 frames: set "
+                                          r"data.image_size 32, or model.image_size 48"):
+        fit(eps, config, tmp_path / "run", sources=["synthetic"])
+    out, _ = trained
+    with pytest.raises(ConfigError, match=r"data.image_size is 48, but the parent .*model.safetensors takes 32 x 32 "
+                                          r"frames: set data.image_size 32"):
+        fit(eps, config, tmp_path / "ft", parent=str(out / "model.safetensors"), sources=["synthetic"])
+    assert not (tmp_path / "run").exists() and not (tmp_path / "ft").exists()
+    # `jepa-wm train` says so before reading any bag.
+    (tmp_path / "train.yaml").write_text("model:\n  preset: tiny\ndata:\n  image_size: 96\n")
+    assert cli(["train", "--config", str(tmp_path / "train.yaml"), "--bags", str(tmp_path / "nowhere"),
+                "--out", str(tmp_path / "run")]) == 2
+    assert "data.image_size is 96, but the model takes 32 x 32 frames" in capsys.readouterr().err
+
+
+def test_training_on_joint_state_deltas_says_first_that_planning_refuses_the_model(tmp_path, capsys):
+    config = tmp_path / "train.yaml"
+    argv = ["train", "--config", str(config), "--bags", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run")]
+    config.write_text("model:\n  preset: tiny\ndata:\n  image_size: 32\n  action_type: delta\n")
+    assert cli(argv) == 2  # the warning comes before the bags are read
+    out = capsys.readouterr().out
+    assert out.count("warning: data.action_type is 'delta'") == 1
+    assert "the planner node, eval, demo and calibrate's simulated runs refuse the model" in out
+    config.write_text("model:\n  preset: tiny\ndata:\n  image_size: 32\n  action_type: command\n")
+    assert cli(argv) == 2
+    assert "warning" not in capsys.readouterr().out
 
 
 def test_a_dynamics_only_finetune_changes_the_predictor_and_nothing_else(trained, tmp_path):

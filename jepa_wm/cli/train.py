@@ -27,9 +27,15 @@ def apply_overrides(config: dict, args) -> dict:
     return config
 
 
+# require_position_actions (core/checkpoint.py) refuses such a model where plans are sent to the arm.
+DELTA_WARNING = ("warning: data.action_type is 'delta' (joint-state changes): the planner node, eval, demo and "
+                 "calibrate's simulated runs refuse the model this trains, as they send its plans as joint "
+                 "positions; train on bags with recorded commands (action_type 'command') to plan with it")
+
+
 def run(args) -> int:
-    from jepa_wm.train.pipeline import check_config, fit, load_config, model_config
-    from jepa_wm.train.trainer import TrainConfig
+    from jepa_wm.train.pipeline import check_config, check_frame_size, fit, load_config, model_config
+    from jepa_wm.train.trainer import TrainConfig, is_main_process
 
     if bool(args.bags) == bool(args.synthetic):
         raise SystemExit("jepa-wm train: give exactly one of --bags DIR... or --synthetic N")
@@ -38,16 +44,21 @@ def run(args) -> int:
     config = apply_overrides(load_config(args.config), args)
     check_config(config)
     TrainConfig.from_dict(config["train"])
-    model_config(config.get("model"))
+    cfg = model_config(config.get("model"))
     if args.synthetic:
         from jepa_wm.train.synthetic import synthetic_episodes
 
-        size = config.get("data", {}).get("image_size", 64)
-        episodes = synthetic_episodes(args.synthetic, size=size, seed=config["train"].get("seed", 0))
+        # The synthetic world is drawn at the model's input size, and the checkpoint records that size.
+        config["data"] = {**(config.get("data") or {}), "image_size": cfg.image_size}
+        episodes = synthetic_episodes(args.synthetic, size=cfg.image_size, seed=config["train"].get("seed", 0))
     else:
         from jepa_wm.data.dataset import DataConfig, load_episodes
         from jepa_wm.core.config import dataclass_from_dict
 
-        episodes = load_episodes(args.bags, dataclass_from_dict(DataConfig, config.get("data", {}), "data config"))
+        data = dataclass_from_dict(DataConfig, config.get("data", {}), "data config")
+        check_frame_size(data.image_size, cfg)
+        if data.action_type == "delta" and is_main_process():
+            print(DELTA_WARNING, flush=True)
+        episodes = load_episodes(args.bags, data)
     fit(episodes, config, args.out, sources=args.bags)
     return 0

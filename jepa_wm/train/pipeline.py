@@ -17,11 +17,11 @@ import yaml
 
 from jepa_wm.backends.onnx_export import sha256
 from jepa_wm.core.checkpoint import load_checkpoint, save_checkpoint
-from jepa_wm.core.config import ConfigError, ModelConfig
+from jepa_wm.core.config import ConfigError, ModelConfig, dataclass_from_dict
 from jepa_wm.core.model import build_model
 from jepa_wm.core.planner import JointMetric
 from jepa_wm.core.surprise import MIN_NOMINAL_FRAMES
-from jepa_wm.data.dataset import ClipDataset, action_stats, split_episodes
+from jepa_wm.data.dataset import ClipDataset, DataConfig, action_stats, checkpoint_data_config, split_episodes
 from jepa_wm.resources import config_file
 from jepa_wm.train.calibration import calibrate_model, encode_frames, scored_frames
 from jepa_wm.train.trainer import TrainConfig, is_main_process, train
@@ -91,6 +91,46 @@ def model_config(section: dict, **overrides) -> ModelConfig:
     return ModelConfig.preset(section.pop("preset", "sim"), **section)
 
 
+def check_frame_size(size: int, cfg: ModelConfig, parent=None):
+    """Refuse frames of another size than the model's input: the model would resize them, unasked.
+
+    Refused rather than one following the other: a preset's input size is part of its architecture (lewm's
+    224 pixels in 14-pixel patches, tiny's speed), and data.image_size is what the user wrote."""
+    if size == cfg.image_size:
+        return
+    if parent:
+        raise ConfigError(f"data.image_size is {size}, but the parent {parent} takes {cfg.image_size} x "
+                          f"{cfg.image_size} frames: set data.image_size {cfg.image_size}")
+    raise ConfigError(f"data.image_size is {size}, but the model takes {cfg.image_size} x {cfg.image_size} "
+                      f"frames: set data.image_size {cfg.image_size}, or model.image_size {size}")
+
+
+# Data settings that say only where and how to read bags: a fine-tune takes them from the user's config.
+READ_KEYS = ("image_topic", "joint_state_topic", "action_topic", "object_pose_topic", "frameskip", "max_gap_s",
+             "stamps", "cache_dir")
+# The others decide what the model's inputs mean: a fine-tune keeps the parent's. (A frameskip that changes the
+# model's step is refused in fit(), from the bags' stamps.)
+MEANING = {"action_type": "what its actions mean", "image_size": "its input size",
+           "joint_names": "its joint order (new bags are reordered into it by name)"}
+
+
+def finetune_data_config(header: dict, parent, section: dict) -> DataConfig:
+    """How to read bags for fine-tuning `parent` (its checkpoint header): the parent's data settings with the
+    where-and-how of the user's data `section` laid over them; a value that would change the parent's meaning
+    is refused, naming both."""
+    dataclass_from_dict(DataConfig, section, "data config")  # unknown keys and bad values, as train refuses them
+    # Its input size is what the parent's encoder takes, whatever data.image_size it recorded.
+    base = dataclasses.replace(checkpoint_data_config(header["meta"]), image_size=header["model_config"]["image_size"])
+    for key, value in section.items():
+        theirs = getattr(base, key)
+        if key in READ_KEYS or value == theirs or (key == "joint_names" and not value):  # [] = the parent's order
+            continue
+        raise ConfigError(f"data.{key} is {value!r}, but the parent {parent} was trained with {theirs!r}, and a "
+                          f"fine-tune keeps {MEANING.get(key, 'what its data meant')}: remove data.{key} from the "
+                          "config, or train a new model")
+    return dataclasses.replace(base, **{k: v for k, v in section.items() if k in READ_KEYS})
+
+
 def run_identity(config: dict, episodes, parent=None) -> dict:
     """What makes a training run this run: resuming an output folder is refused when any of it differs."""
     def source(s):
@@ -157,6 +197,24 @@ def weak_latent_warning(metrics: dict, names) -> str | None:
             "the latent keeps depends on the seed, again with another --seed (models/README.md)")
 
 
+STEP_TOLERANCE = 0.05  # relative: a camera's rate drifts a little, a skipped frame doubles the step
+
+
+def parent_step_s(parent, parent_meta: dict, step_s: float, frameskip: int) -> float:
+    """The step a fine-tune keeps: the parent's, which the deployed planner's control_period and the monitor's
+    prediction_dt were set to; bags whose frames (kept every `frameskip`) step otherwise are refused."""
+    want = parent_meta.get("step_s")
+    if want is None:  # a parent from before checkpoints recorded their step
+        return step_s
+    if abs(step_s - want) <= STEP_TOLERANCE * want:
+        return want
+    k = round(frameskip * want / step_s)
+    fix = (f"set data.frameskip {k}" if k >= 1 and abs(k * step_s / frameskip - want) <= STEP_TOLERANCE * want
+           else f"record the camera at {1 / want:.3g} Hz or a multiple of it")
+    raise ConfigError(f"the parent {parent} steps {want:.3g} s, these bags {step_s:.3g} s (data.frameskip "
+                      f"{frameskip}), and a model's step cannot change: {fix}")
+
+
 def fit_joint_metric(model, episodes, max_frames: int = 3000) -> JointMetric:
     """The planner's joint probe (core/planner.py) from up to max_frames frames spread over the episodes."""
     every = max(1, sum(len(ep) for ep in episodes) // max_frames)
@@ -193,6 +251,10 @@ def fit(episodes, config: dict, out_dir, parent: str | None = None, sources=None
         mean, std = action_stats(train_eps)
         model.action_mean.copy_(torch.as_tensor(mean)), model.action_std.copy_(torch.as_tensor(std))
     cfg = model.cfg
+    check_frame_size(episodes[0].frames.shape[1], cfg, parent)
+    step_s = float(np.median(np.concatenate([np.diff(ep.stamps) for ep in train_eps]))) * 1e-9 * cfg.frameskip
+    if parent:
+        step_s = parent_step_s(parent, parent_meta, step_s, (config.get("data") or {}).get("frameskip", 1))
     train_set = ClipDataset(train_eps, cfg.clip_len, cfg.frameskip)
     span = cfg.clip_len * cfg.frameskip
     val_fraction = config.get("val_fraction", 0.1)
@@ -223,7 +285,7 @@ def fit(episodes, config: dict, out_dir, parent: str | None = None, sources=None
         "action_high": all_actions.max(0).tolist(),
         "action_max_step": max_step.tolist(),  # the fastest command change in the data: the planner's rate limit
         # One predicted step in seconds: the planner's control_period and the monitor's prediction_dt must match it.
-        "step_s": float(np.median(np.concatenate([np.diff(ep.stamps) for ep in train_eps]))) * 1e-9 * cfg.frameskip,
+        "step_s": step_s,
         "data": config.get("data", {}),
         "sources": [str(s) for s in (sources or sorted({ep.source for ep in episodes}))],
         "episodes": {"train": len(train_eps), "val": len(val_eps)},
