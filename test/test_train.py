@@ -90,6 +90,21 @@ def test_an_interrupted_run_resumes_where_it_left_off(tmp_path, monkeypatch):
         assert torch.allclose(value, resumed.state_dict()[name], atol=1e-6), name
 
 
+def test_a_run_resumes_when_its_config_spells_out_a_default(tmp_path, capsys):
+    from jepa_wm.core.config import ModelConfig
+    from jepa_wm.train.pipeline import fit
+    from jepa_wm.train.synthetic import synthetic_episodes
+
+    eps = synthetic_episodes(12, size=32, seed=3)
+    train = {"steps": 2, "batch_size": 8, "val_every": 2, "warmup": 1, "precision": "fp32"}
+    fit(eps, {"model": {"preset": "tiny"}, "train": train}, tmp_path, sources=["synthetic"])
+    latent = ModelConfig.preset("tiny").latent_dim
+    # The same settings, written out: the same run, resumed, not "another run".
+    fit(eps, {"model": {"preset": "tiny", "latent_dim": latent}, "data": {"max_gap_s": 1.0},
+              "train": {**train, "steps": 3}}, tmp_path, sources=["synthetic"])
+    assert "resuming" in capsys.readouterr().out
+
+
 def test_an_output_folder_resumes_only_the_run_that_started_there(trained, tmp_path):
     from jepa_wm.train.trainer import RunMismatch
 

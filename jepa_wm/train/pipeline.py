@@ -136,12 +136,14 @@ def run_identity(config: dict, episodes, parent=None) -> dict:
     def source(s):
         return str(Path(s).resolve()) if Path(s).exists() else s
 
+    # Settings as they take effect, so that writing out a default (or leaving one out) is the same run.
     train = TrainConfig.from_dict(config.get("train", {}))
+    data = dataclasses.asdict(dataclass_from_dict(DataConfig, config.get("data") or {}, "data config"))
     return {
         "parent": None if parent is None else f"{Path(parent).resolve()} (sha256 {sha256(parent)[:16]})",
         "bags": sorted({source(ep.source) for ep in episodes}),
-        "data": {k: v for k, v in (config.get("data") or {}).items() if k != "cache_dir"},
-        "model": config.get("model") or {},
+        "data": {k: v for k, v in data.items() if k != "cache_dir"},
+        "model": model_config(config.get("model")).to_dict(),
         "val_fraction": config.get("val_fraction", 0.1),
         # Everything but how long and how often it logs: a run may be resumed to train longer.
         "train": {k: v for k, v in dataclasses.asdict(train).items() if k not in ("steps", "val_every", "log_every",
