@@ -473,3 +473,137 @@ def test_missing_joint_names_refuses_to_start(start_node):
     gate = start_node("command_gate")
     assert gate.proc.wait(timeout=30) == 2
     assert "parameter 'joint_names' is required" in gate.output, gate.output
+
+
+def test_empty_joint_names_are_called_empty(start_node):
+    # Set, to []: "is required and was not set" would send the user looking for a missing line.
+    gate = start_node("command_gate", "gate.yaml", {"joint_names": []})
+    assert gate.proc.wait(timeout=30) == 2
+    assert "parameter 'joint_names' is empty" in gate.output, gate.output
+
+
+def test_a_misspelt_parameter_refuses_to_start_before_the_gate_is_up(ros, start_node):
+    states = ros.collect(String, "/command_gate/state", LATCHED_QOS)
+    gate = start_node("command_gate", "gate.yaml", {"autonomy_timout": 5.0})
+    assert gate.proc.wait(timeout=30) == 2
+    assert "did you mean 'autonomy_timeout'" in gate.output and "refusing to start" in gate.output, gate.output
+    assert "gate up" not in gate.output, "a gate that refuses to start never said it was up"
+    ros.spin_for(0.5)
+    assert states == [], "nor published a latched state"
+
+
+def gate_diagnostics(diags, after):
+    """The gate's /diagnostics statuses received after monotonic time `after`."""
+    return [s for t, m in diags if t > after for s in m.status if s.name == "jepa_wm: command_gate"]
+
+
+def settled(ros, rig, diags, quiet=1.3, timeout=8.0):
+    """(state, the gate's diagnostics message) once ~/state has been quiet for longer than the 1 Hz diagnostics
+    period: a diagnostics message received since then was made from that state."""
+    assert ros.spin_until(lambda: rig.states and time.monotonic() - rig.states[-1][0] > quiet, timeout), rig.state()
+    after = gate_diagnostics(diags, rig.states[-1][0] + 0.1)
+    assert after, "no diagnostics since the state settled"
+    return rig.state(), after[-1].message
+
+
+def test_the_state_and_diagnostics_give_the_same_current_reason(ros, start_node):
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    gate = start_node("command_gate", "gate.yaml")
+    rig = Rig(ros)
+    diags = ros.collect(DiagnosticArray, "/diagnostics")
+    rig.wait_up(gate)
+    assert rig.engage().success
+    rig.stream(rig.auto, lambda: traj(AUTO), 0.5)
+    assert rig.state()["mode"] == "autonomy"
+    # The planner is killed: "hold: engaged by request" on /diagnostics was the engage, not why it holds now.
+    state, message = settled(ros, rig, diags)
+    assert state["mode"] == "hold" and "autonomy silent for more than" in state["reason"], state
+    assert message == f"hold: {state['reason']}", message
+    # Teleop: forwarded, and both say so.
+    teleop_on = [True]
+    ros.node.create_timer(0.05, lambda: teleop_on[0] and rig.teleop.publish(traj(MEASURED)))
+    assert ros.spin_until(lambda: rig.state()["mode"] == "teleop", 2.0), rig.state()
+    state, message = settled(ros, rig, diags)
+    assert state["mode"] == "teleop" and message == "teleop: forwarding teleop", (state, message)
+    teleop_on[0] = False
+    assert ros.spin_until(lambda: rig.state()["mode"] == "hold", 2.0), rig.state()
+    state, message = settled(ros, rig, diags)
+    assert state["mode"] == "hold" and message == f"hold: {state['reason']}", (state, message)
+    assert "teleop silent for more than 0.5 s" in state["reason"], state
+
+
+def test_a_stop_publishes_one_consistent_state_and_its_reset_says_why_the_gate_holds(ros, start_node):
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+
+    gate = start_node("command_gate", "gate.yaml")
+    rig = Rig(ros)
+    diags = ros.collect(DiagnosticArray, "/diagnostics")
+    # Every state, however close together: the Rig's depth-1 subscription would keep only the newer of two.
+    deep = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    every = ros.collect(String, "/command_gate/state", deep)
+    rig.wait_up(gate)
+    assert rig.engage().success
+    rig.stream(rig.auto, lambda: traj(AUTO), 0.5)
+    assert rig.state()["mode"] == "autonomy"
+    rig.set_stop(True)
+    rig.stream(rig.auto, lambda: traj(AUTO), 0.5)
+    states = [json.loads(m.data) for _, m in every]
+    assert states[-1]["mode"] == "stopped" and not states[-1]["engaged"], states[-1]
+    for st in states:  # never "autonomy, disengaged, stopped": the mode is recomputed before the state goes out
+        assert st["stopped"] == (st["mode"] == "stopped") and (st["engaged"] or st["mode"] != "autonomy"), st
+    # The monitor is reset: the gate holds, disengaged, and says so; not "protective stop".
+    rig.set_stop(False)
+    state, message = settled(ros, rig, diags)
+    assert state["mode"] == "hold" and not state["stopped"] and not state["engaged"], state
+    assert state["reason"] == "stop cleared; autonomy disengaged: engage to resume", state
+    assert message == f"hold: {state['reason']}", message
+
+
+def test_engage_names_the_joints_that_joint_states_lack(ros, start_node):
+    gate = start_node("command_gate", "gate.yaml", {"joint_names": ["j1", "j2", "j3"]})
+    rig = Rig(ros)  # joint states of base_yaw, shoulder, elbow at 20 Hz
+    rig.wait_up(gate)
+    res = rig.engage()
+    assert not res.success
+    assert ("joint_states on /joint_states arrive but lack ['j1', 'j2', 'j3'] (they have ['base_yaw', 'shoulder', "
+            "'elbow']): check joint_names") in res.message, res.message
+    rig.joint_states_on = False  # and once they stop coming, that is what it says
+    ros.spin_for(0.8)
+    res = rig.engage()
+    assert not res.success and "no fresh joint states on /joint_states" in res.message, res.message
+
+
+def test_a_planner_silent_for_autonomy_disengage_timeout_needs_a_new_engage(ros, start_node):
+    gate = start_node("command_gate", "gate.yaml")  # autonomy_timeout 0.3 s, autonomy_disengage_timeout 2.0 s
+    rig = Rig(ros)
+    rig.wait_up(gate)
+    assert rig.engage().success
+    rig.stream(rig.auto, lambda: traj(AUTO), 0.5)
+    # A slow plan: the gate holds, stays engaged, and resumes.
+    ros.spin_for(0.8)
+    assert rig.state()["mode"] == "hold" and rig.state()["engaged"], rig.state()
+    n0 = len(rig.out)
+    rig.stream(rig.auto, lambda: traj(AUTO), 0.5)
+    assert AUTO in [rig.positions(m) for _, m in rig.out[n0:]] and rig.state()["mode"] == "autonomy"
+    # The planner dies (kill -9): the gate holds, then disengages.
+    ros.spin_for(2.6)
+    st = rig.state()
+    assert st["mode"] == "hold" and not st["engaged"] and "autonomy_disengage_timeout" in st["reason"], st
+    assert rig.wait_log(gate, "autonomy disengaged: autonomy silent for more than 2.0 s"), gate.output
+    # A planner started later (a respawn) does not move the arm: the operator engages again.
+    n1 = len(rig.out)
+    rig.stream(rig.auto, lambda: traj(AUTO), 0.6)
+    assert AUTO not in [rig.positions(m) for _, m in rig.out[n1:]] and rig.state()["mode"] == "hold"
+    # The silence counts from the engage too: an engage with no planner running lapses.
+    assert rig.engage().success
+    ros.spin_for(2.6)
+    assert not rig.state()["engaged"] and "autonomy_disengage_timeout" in rig.state()["reason"], rig.state()
+
+
+def test_autonomy_disengage_timeout_must_exceed_autonomy_timeout(start_node):
+    gate = start_node("command_gate", "gate.yaml", {"autonomy_disengage_timeout": 0.3})
+    assert gate.proc.wait(timeout=30) == 2
+    assert ("parameter 'autonomy_disengage_timeout' is 0.3; it must be a finite number of seconds above "
+            "autonomy_timeout (0.3 s)") in gate.output, gate.output

@@ -1,6 +1,7 @@
 """The planner as a real process: commands a controller can execute, stamped latents, bad frames, parameters."""
 
 import io
+import json
 
 import numpy as np
 import pytest
@@ -9,12 +10,13 @@ pytest.importorskip("rclpy", reason="rclpy (ros-rclpy wheels or a ROS 2 install)
 pytest.importorskip("jepa_wm.data.images", reason="jepa_wm.data.images (camera frame decoding) is not in this checkout")
 
 from builtin_interfaces.msg import Time  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image, JointState  # noqa: E402
-from std_msgs.msg import Float64MultiArray  # noqa: E402
+from std_msgs.msg import Float64MultiArray, String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
-from jepa_wm.nodes.common import SENSOR_QOS, image_msg_from_rgb, stamp_ns, vector_from_msg  # noqa: E402
+from jepa_wm.nodes.common import LATCHED_QOS, SENSOR_QOS, image_msg_from_rgb, stamp_ns, vector_from_msg  # noqa: E402
 
 JOINTS = ["base_yaw", "shoulder", "elbow"]
 
@@ -106,6 +108,49 @@ def test_malformed_frames_are_logged_and_dropped(ros, start_node, tiny_checkpoin
     assert node.alive()
 
 
+def test_a_gate_state_that_is_no_json_object_is_ignored(ros, start_node, tiny_checkpoint):
+    node, rig = _up(ros, start_node, tiny_checkpoint)
+    gate = ros.node.create_publisher(String, "/command_gate/state", LATCHED_QOS)
+    assert ros.spin_until(lambda: gate.get_subscription_count() > 0, 10)
+    for bad in ("null", "[1, 2]", "not json"):  # someone else's message on the topic
+        gate.publish(String(data=bad))
+        ros.spin_for(0.3)
+    assert node.wait_output("ignoring a gate state on /command_gate/state that is no JSON object: 'null'", 5), node.output
+    gate.publish(String(data=json.dumps({"mode": "hold", "engaged": True, "stopped": False})))
+    assert node.wait_output("gate engaged autonomy", 5), node.output  # and still follows the gate
+    assert node.alive()
+
+
+def test_a_rejected_goal_image_is_said_every_time_and_keeps_the_goal(ros, start_node, tiny_checkpoint):
+    node, rig = _up(ros, start_node, tiny_checkpoint)
+    diags = ros.collect(DiagnosticArray, "/diagnostics")
+    rig.frame()
+    assert ros.call(Trigger, "/planner/capture_goal", Trigger.Request()).success
+    goal = ros.node.create_publisher(Image, "/planner/goal_image", LATCHED_QOS)
+    assert ros.spin_until(lambda: goal.get_subscription_count() > 0, 10)
+    truncated = image_msg_from_rgb(scene(5))
+    truncated.data = bytes(truncated.data)[:1000]
+    rejected = "goal image on /planner/goal_image rejected: "
+    # Two in a row: a throttled log line (the camera's "dropping frame") would say nothing of the second.
+    for k, bad in enumerate((Image(encoding="yuv422", height=2, width=3, step=6, data=bytes(12)), truncated)):
+        goal.publish(bad)
+        assert ros.spin_until(lambda: node.output.count(rejected) > k, 5), node.output
+    assert rejected + "yuv422 image has odd width 3" in node.output and "; goal unchanged" in node.output, node.output
+    assert "dropping frame" not in node.output
+    n = len(rig.traj)
+    for _ in range(3):
+        rig.frame()
+    assert ros.spin_until(lambda: len(rig.traj) > n, 10), "still planning towards the captured goal"
+
+    def rejected_count():
+        values = [dict((kv.key, kv.value) for kv in s.values) for _, m in diags for s in m.status
+                  if s.name == "jepa_wm: planner"]
+        return values[-1].get("goal_images_rejected") if values else None
+
+    assert ros.spin_until(lambda: rejected_count() == "2", 3), rejected_count()
+    assert node.alive()
+
+
 def test_trajectories_carry_the_stamp_of_the_frame_they_were_planned_from(ros, start_node, tiny_checkpoint):
     # The gate drops plans whose frame is older than its autonomy_max_age: a slow plan must not look fresh.
     node, rig = _up(ros, start_node, tiny_checkpoint)
@@ -173,11 +218,13 @@ def test_cleanup_and_configure_again_leave_one_of_everything(ros, start_node, ti
     ({"output_type": "velocity"}, "parameter 'output_type'"),
     ({"control_period": 0.05}, "parameter 'control_period'"),
     ({"image_transport": "theora"}, "parameter 'image_transport'"),  # the checkpoint predicts 0.1 s steps
+    ({"joint_names": []}, "parameter 'joint_names' is empty"),  # set, to []: not "required and was not set"
 ])
 def test_bad_parameters_refuse_to_start(start_node, tiny_checkpoint, over, needle):
     node = start_node("planner", "planner.yaml", {"model": str(tiny_checkpoint), **over})
     assert node.proc.wait(timeout=60) == 2, node.output
     assert needle in node.output and "refusing to start" in node.output, node.output
+    assert node.output.count(needle) == 1, f"said once (also when configure finds it): {node.output}"
 
 
 def test_a_model_of_joint_state_deltas_refuses_to_start(start_node, tiny_checkpoint, tmp_path):

@@ -79,10 +79,47 @@ def test_perturbation_services(ros, start_node):
     assert sim.alive()
 
 
-def test_bad_parameters_refuse_to_start(start_node):
-    sim = start_node("sim", "sim.yaml", {"image_encoding": "yuv422"})
+@pytest.mark.parametrize("overrides,needle", [
+    ({"image_encoding": "yuv422"}, "parameter 'image_encoding'"),
+    ({"teleport_xy": [5.0, 5.0]}, "parameter 'teleport_xy' is [5.0, 5.0], off the table"),
+    ({"teleport_distance": -1.0}, "parameter 'teleport_distance' is -1.0; it must be a jump length > 0 m"),
+    ({"teleport_distanse": 0.2}, "(did you mean 'teleport_distance'?) is not a parameter"),
+])
+def test_bad_parameters_refuse_to_start(start_node, overrides, needle):
+    sim = start_node("sim", "sim.yaml", overrides)
     assert sim.proc.wait(timeout=60) == 2
-    assert "parameter 'image_encoding'" in sim.output
+    assert needle in sim.output and "refusing to start" in sim.output, sim.output
+    assert "sim up" not in sim.output, "refused before it published a frame and said it was up"
+
+
+def test_perturbation_parameters_are_checked_when_set(ros, start_node):
+    from rcl_interfaces.srv import SetParameters
+    from rclpy.parameter import Parameter
+
+    sim, _, _, poses = _up(ros, start_node)
+
+    def set_parameter(name, value):
+        req = SetParameters.Request(parameters=[Parameter(name, value=value).to_parameter_msg()])
+        return ros.call(SetParameters, "/sim/set_parameters", req).results[0]
+
+    res = set_parameter("teleport_distance", -1.0)
+    assert not res.successful and "parameter 'teleport_distance' is -1.0; it must be a jump length > 0 m" in res.reason
+    res = set_parameter("teleport_xy", [5.0, 5.0])  # beyond the table (and the floor)
+    assert not res.successful and "is [5.0, 5.0], off the table (nothing under it" in res.reason, res.reason
+    res = set_parameter("teleport_xy", [0.8, 0.0])  # over the floor, past the table's edge at x 0.65
+    assert not res.successful and "off the table (a surface at z -0.450 m under it" in res.reason, res.reason
+    res = set_parameter("perturb_joint", 3)
+    assert not res.successful and "it must be a joint index 0..2" in res.reason, res.reason
+    res = set_parameter("teleport_xy", [0.4, 0.1])
+    assert res.successful, res.reason
+    assert ros.call(Trigger, "/sim/teleport_object", Trigger.Request()).success
+    assert ros.spin_until(lambda: np.hypot(poses[-1][1].pose.position.x - 0.4, poses[-1][1].pose.position.y - 0.1) < 0.01,
+                          3), poses[-1][1].pose.position
+    # A random jump longer than the table is wide: no direction keeps the object on it.
+    assert set_parameter("teleport_xy", []).successful and set_parameter("teleport_distance", 2.0).successful
+    res = ros.call(Trigger, "/sim/teleport_object", Trigger.Request())
+    assert not res.success and "no direction keeps a 2.0 m jump from" in res.message, res.message
+    assert sim.alive()
 
 
 def test_sim_time_stamps_carry_whole_seconds():

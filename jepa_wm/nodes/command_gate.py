@@ -13,7 +13,10 @@ republishes its stop state at 20 Hz, so a killed or hung monitor falls silent).
 An autonomy JointTrajectory whose header.stamp (the camera frame it was planned
 from) is more than `autonomy_max_age` away from the gate's clock is dropped:
 a slow planner leads to a hold, never to stale motion. Float64MultiArray has
-no header; that input is judged by receipt time only.
+no header; that input is judged by receipt time only. An engaged gate holds
+while autonomy is silent and resumes when it is back, but autonomy silent for
+`autonomy_disengage_timeout` (a dead planner, not a slow plan) disengages it: a
+planner started later must not move the arm without the operator's engage.
 
 Joint states with a non-finite position for any of the gate's joints do not
 count as a measurement. A receipt time in the future of the gate's clock (the
@@ -37,7 +40,9 @@ then starts it on receipt, on its own clock.
 Commands received before an engage, or older than the input timeout, are
 dropped. `~/state` (std_msgs/String, JSON, latched) tells the planner and the
 monitor what the gate is doing, so engaging is bumpless: the planner restarts
-from the measured state when it sees `"engaged"` turn true.
+from the measured state when it sees `"engaged"` turn true. It is published
+whenever its mode, engaged, stopped or reason changes, once the mode has been
+recomputed, and its reason is the one /diagnostics gives.
 """
 
 from __future__ import annotations
@@ -59,6 +64,7 @@ from jepa_wm.nodes.common import (
     LATCHED_QOS,
     RELIABLE_QOS,
     check_limits,
+    check_overrides,
     declare,
     main_for,
     require,
@@ -103,12 +109,16 @@ class CommandGate(Node):
         self.engaged = False
         self.engaged_ns = 0
         self.stopped = False
-        self.stop_reason = ""
         self.measured: np.ndarray | None = None
         self.measured_ns: int | None = None
+        # (receipt time, why) of the last joint states that were no measurement: engaging names the problem.
+        self.joint_states_rejected: tuple[int, str] | None = None
         self.monitor_ns: int | None = None  # receipt time of the last message on the stop topic
         self.mode = "hold"  # hold | teleop | autonomy | stopped
+        # Why the gate is in its mode: set by _update, and by the events that leave it in a disengaged hold,
+        # which reports the event until something else happens. ~/state and /diagnostics both read it.
         self.reason = "starting: autonomy disengaged"
+        self.published: tuple | None = None  # (mode, engaged, stopped, reason) last published on ~/state
         self.hold_position: list | None = None
         self.hold_pending = False  # a hold was due while the arm's position was unknown
         self.forwarded = 0
@@ -140,7 +150,8 @@ class CommandGate(Node):
         self.get_logger().info(
             f"gate up: output {self.out.topic_name} ({p['controller_type']}), joints {self.joint_names}, "
             f"teleop '{p['teleop_topic']}' (priority {p['teleop_priority']}, {p['teleop_timeout']} s), "
-            f"autonomy '{p['autonomy_topic']}' (priority {p['autonomy_priority']}, {p['autonomy_timeout']} s), "
+            f"autonomy '{p['autonomy_topic']}' (priority {p['autonomy_priority']}, {p['autonomy_timeout']} s, "
+            f"disengaged after {p['autonomy_disengage_timeout']} s), "
             f"stop latch '{p['stop_topic']}' (monitor_timeout {p['monitor_timeout']} s), "
             f"autonomy_max_age {p['autonomy_max_age']} s"
         )
@@ -164,6 +175,10 @@ class CommandGate(Node):
             "autonomy_topic": d("autonomy_topic", "~/autonomy", "autonomy (planner) input namespace"),
             "autonomy_priority": d("autonomy_priority", 10, "autonomy priority (higher wins)"),
             "autonomy_timeout": d("autonomy_timeout", 0.3, "autonomy input goes stale after this many seconds: hold"),
+            "autonomy_disengage_timeout": d("autonomy_disengage_timeout", 2.0,
+                                            "autonomy silent (no command accepted, since the last one or the engage) "
+                                            "for this many seconds disengages: a dead planner, not a slow plan; a "
+                                            "planner started later then needs the operator's engage. > autonomy_timeout"),
             "autonomy_max_age": d("autonomy_max_age", 0.3, "an autonomy JointTrajectory whose non-zero header.stamp (its "
                                   "camera frame) is further than this many seconds from now is dropped; 0 = off"),
             "autonomy_max_speed": d("autonomy_max_speed", 3.0, "an autonomy point may lead the measured position by at most this "
@@ -205,7 +220,12 @@ class CommandGate(Node):
         require(p["autonomy_blocked_timeout"] >= 0 and math.isfinite(p["autonomy_blocked_timeout"]),
                 "autonomy_blocked_timeout", f"is {p['autonomy_blocked_timeout']}; it must be >= 0 s (0 = never)")
         require(p["teleop_priority"] != p["autonomy_priority"], "teleop_priority", "must differ from autonomy_priority")
+        # No "0 = never": a gate engaged for ever would let any planner started later move the arm.
+        require(p["autonomy_timeout"] < p["autonomy_disengage_timeout"] < math.inf, "autonomy_disengage_timeout",
+                f"is {p['autonomy_disengage_timeout']}; it must be a finite number of seconds above autonomy_timeout "
+                f"({p['autonomy_timeout']} s): shorter silences hold and resume, longer ones disengage")
         self.limits = check_limits(p["joint_names"], p["joint_lower_limits"], p["joint_upper_limits"])
+        check_overrides(self)
         self.p = p
         return p
 
@@ -353,27 +373,35 @@ class CommandGate(Node):
             self.get_logger().warning("protective stop latched" if self.stopped else "protective stop cleared")
             if self.stopped:
                 self._set_engaged(False, "protective stop")
+            else:  # the stop disengaged autonomy, and a reset does not engage it
+                self.reason = "stop cleared; autonomy disengaged: engage to resume"
         self._update(self._now())
 
     def _on_joint_states(self, msg: JointState):
-        try:
-            idx = [list(msg.name).index(j) for j in self.joint_names]
-            pos = np.asarray([msg.position[i] for i in idx], dtype=float)
-        except (ValueError, IndexError):
-            self.get_logger().warning(f"joint_states {list(msg.name)} lack some of {self.joint_names}",
-                                      throttle_duration_sec=5.0)
+        names = list(msg.name)
+        missing = [j for j in self.joint_names if j not in names or names.index(j) >= len(msg.position)]
+        if missing:
+            self._reject_joint_states(f"joint_states on {self.p['joint_states_topic']} arrive but lack {missing} "
+                                      f"(they have {names}): check joint_names", 5.0)
             return
+        pos = np.asarray([msg.position[names.index(j)] for j in self.joint_names], dtype=float)
         if not np.all(np.isfinite(pos)):
             # joint_state_broadcaster sends NaN for a joint without a position interface (or a faulted encoder):
             # not a measurement. It would make the lead limit and the HOLD NaN; staleness holds instead.
-            self.get_logger().warning(f"ignoring joint_states with non-finite positions "
-                                      f"{dict(zip(self.joint_names, pos.tolist()))}", throttle_duration_sec=2.0)
+            self._reject_joint_states(f"ignoring joint_states with non-finite positions "
+                                      f"{dict(zip(self.joint_names, pos.tolist()))}", 2.0)
             return
         self.measured, self.measured_ns = pos, self._now()
+        self.joint_states_rejected = None
         if self.hold_pending and self.mode in ("hold", "stopped"):
             # A forward-command controller got nothing and still drives to its last target.
             self._hold("joint states back")
             self._publish_state()
+
+    def _reject_joint_states(self, why: str, throttle: float):
+        """Not a measurement: logged (throttled), and remembered so that a refused engage says why."""
+        self.joint_states_rejected = (self._now(), why)
+        self.get_logger().warning(why, throttle_duration_sec=throttle)
 
     def _on_engage(self, req: SetBool.Request, res: SetBool.Response):
         now = self._now()
@@ -429,24 +457,28 @@ class CommandGate(Node):
         if problem:
             return problem
         if not self._measured_fresh(now):
+            rejected = self.joint_states_rejected
+            if rejected is not None and fresh(rejected[0], self.p["joint_states_timeout"], now):
+                return rejected[1]  # they do arrive: "no joint states" would send the operator the wrong way
             return f"no fresh joint states on {self.p['joint_states_topic']}"
         if self.inputs["teleop"].fresh(now):
             return "teleop is active"
         return ""
 
     def _set_engaged(self, engaged: bool, why: str):
-        changed, self.reason = engaged != self.engaged, why
-        if changed:
-            self.engaged = engaged
-            self.engaged_ns = self._now()
-            self.limited_since = None
-            if self.stuck is not None:
-                self.stuck.reset()
-            # Only commands sent after this engage are forwarded: never a stale one from before.
-            self.inputs["autonomy"].clear()
-            self.get_logger().info(f"autonomy {'engaged' if engaged else 'disengaged'}: {why}")
-            # Also while the mode stays (a hold): the monitor scores while engaged.
-            self._publish_state(why)
+        """Engage or disengage; the caller's _update then recomputes the mode and publishes the state, once."""
+        if engaged == self.engaged:
+            return
+        self.engaged = engaged
+        self.engaged_ns = self._now()
+        self.limited_since = None
+        if self.stuck is not None:
+            self.stuck.reset()
+        # Only commands sent after this engage are forwarded: never a stale one from before.
+        self.inputs["autonomy"].clear()
+        if not engaged:
+            self.reason = why  # what the disengaged hold reports
+        self.get_logger().info(f"autonomy {'engaged' if engaged else 'disengaged'}: {why}")
 
     # ------------------------------------------------------------------ arbitration
 
@@ -468,6 +500,9 @@ class CommandGate(Node):
             monitor = self._monitor_problem(now)
             if monitor:
                 self._set_engaged(False, monitor)
+            elif self._autonomy_gone(now):
+                self._set_engaged(False, f"autonomy silent for more than {self.p['autonomy_disengage_timeout']} s "
+                                         f"(autonomy_disengage_timeout): engage again once the planner runs")
             elif self.inputs["autonomy"].fresh(now) and self._measured_fresh(now):
                 candidates.append(self.inputs["autonomy"])
         if candidates:
@@ -482,19 +517,26 @@ class CommandGate(Node):
                             else f"autonomy silent for more than {a.timeout} s")
         if self.mode == "teleop":
             return "hold", f"teleop silent for more than {self.inputs['teleop'].timeout} s"
-        return "hold", self.reason if not self.engaged else "autonomy disengaged"
+        return "hold", self.reason  # disengaged: the event that left the gate here, until the next one
+
+    def _autonomy_gone(self, now: int) -> bool:
+        """Engaged, but no autonomy command accepted for autonomy_disengage_timeout (since the last one, or since
+        the engage): a dead planner. Holding engaged, a planner started later would move the arm unasked."""
+        last = self.inputs["autonomy"].last_ns
+        return now - (self.engaged_ns if last is None else last) > self.p["autonomy_disengage_timeout"] * 1e9
 
     def _update(self, now: int):
-        mode, why = self._choose(now)
-        if mode == self.mode:
-            return
-        previous, self.mode = self.mode, mode
-        if mode in ("hold", "stopped"):
-            self._hold(f"{previous} -> {mode}: {why}")
-        else:
-            self.hold_position, self.hold_pending = None, False
-            self.get_logger().info(f"{previous} -> {mode}")
-        self._publish_state(why)
+        """Recompute the mode and its reason; hold on leaving a forwarding mode; publish ~/state if any changed."""
+        mode, self.reason = self._choose(now)
+        if mode != self.mode:
+            previous, self.mode = self.mode, mode
+            if mode in ("hold", "stopped"):
+                self._hold(f"{previous} -> {mode}: {self.reason}")
+            else:
+                self.hold_position, self.hold_pending = None, False
+                self.get_logger().info(f"{previous} -> {mode}")
+        if (self.mode, self.engaged, self.stopped, self.reason) != self.published:
+            self._publish_state()
 
     def _tick(self):
         self._update(self._now())
@@ -532,19 +574,20 @@ class CommandGate(Node):
             self.out.publish(Float64MultiArray(data=self.hold_position))
         self.get_logger().info(f"HOLD at {np.round(pos, 4).tolist()} ({why})")
 
-    def _state_dict(self, why: str = "") -> dict:
+    def _state_dict(self) -> dict:
         return {
             "mode": self.mode,
             "engaged": self.engaged,
             "stopped": self.stopped,
-            "reason": why or self.reason,
+            "reason": self.reason,
             "hold_position": self.hold_position,
             "joint_names": list(self.joint_names),
             "stamp_ns": self._now(),
         }
 
-    def _publish_state(self, why: str = ""):
-        self.state_pub.publish(String(data=json.dumps(self._state_dict(why))))
+    def _publish_state(self):
+        self.published = (self.mode, self.engaged, self.stopped, self.reason)
+        self.state_pub.publish(String(data=json.dumps(self._state_dict())))
 
     def _diagnostics(self):
         now = self._now()
@@ -554,7 +597,7 @@ class CommandGate(Node):
         elif not self._measured_fresh(now):
             level = DiagnosticStatus.WARN
         st = DiagnosticStatus(level=level, name="jepa_wm: command_gate", hardware_id="jepa_wm",
-                              message=f"{self.mode}: {self._state_dict()['reason']}")
+                              message=f"{self.mode}: {self.reason}")
         st.values = [KeyValue(key=k, value=str(v)) for k, v in (
             ("mode", self.mode), ("engaged", self.engaged), ("stopped", self.stopped),
             ("output", self.out.topic_name), ("forwarded", self.forwarded), ("autonomy_points_limited", self.limited),

@@ -90,9 +90,14 @@ def declare(node, name: str, default, description: str, kind: str | None = None,
     try:
         got = node.get_parameter(name).value
     except ParameterUninitializedException:
-        raise ParameterError(f"parameter '{name}' is required and was not set ({description})") from None
-    if got is None and kind.endswith("[]"):  # "[]" in a params file arrives untyped
-        got = list(default or [])
+        # "[]" (params file or -p) arrives untyped and leaves a required list uninitialized: set, but empty.
+        if name not in getattr(node, "_parameter_overrides", {}):
+            raise ParameterError(f"parameter '{name}' is required and was not set ({description})") from None
+        got = None
+    if got is None:  # an untyped "[]": the user's empty list, not the default
+        if not kind.endswith("[]"):
+            raise ParameterError(f"parameter '{name}' must be {what}, got []")
+        got = []
     number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
     if kind == "float":
         if not number(got):
@@ -118,7 +123,8 @@ def check_overrides(node):
     """Refuse parameter overrides (params file, `-p`, launch) that name no parameter `node` declared.
 
     rclpy keeps an override for an undeclared name without a word, so `-p autonomy_timout:=5.0` would leave
-    autonomy_timeout at its default. Call once the node has declared all of its parameters.
+    autonomy_timeout at its default. Call once the node has declared all of its parameters, before it creates
+    anything or says it is up: a node refused here must not have published (subscribers keep a latched message).
     """
     import difflib
 
@@ -253,7 +259,9 @@ def vector_from_msg(msg: Image) -> np.ndarray:
 
 
 def main_for(node_factory, args=None, after_create=None) -> int:
-    """Run one node: init, build (refusing bad or undeclared parameters with exit 2), spin, shut down cleanly."""
+    """Run one node: init, build (refusing bad or undeclared parameters with exit 2), spin, shut down cleanly.
+
+    A ParameterError from `node_factory` or `after_create` is logged here, once, as `refusing to start: ...`."""
     import rclpy
     from rclpy.executors import ExternalShutdownException
 
@@ -262,7 +270,6 @@ def main_for(node_factory, args=None, after_create=None) -> int:
     try:
         try:
             node = node_factory()
-            check_overrides(node)  # every node; before after_create, which may load a model
             if after_create is not None:
                 after_create(node)
         except ParameterError as e:

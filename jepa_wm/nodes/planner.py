@@ -15,7 +15,10 @@ The JointTrajectory command carries the same frame stamp, so the gate can
 drop a plan made from a frame that is too old by the time it arrives
 (a Float64MultiArray command has no header to carry it).
 Goal: `~/goal_image` (Image topic), the `goal_image` file, or
-`~/capture_goal` (std_srvs/Trigger: the newest frame becomes the goal).
+`~/capture_goal` (std_srvs/Trigger: the newest frame becomes the goal). A goal
+image that fails to decode is refused with a warning of its own, never
+throttled (an operator sent it and waits for the goal to change), and the
+goal stays what it was.
 Planning starts once the latent history holds the model's `history` frames:
 the first history-1 frames after each activate only fill it (an exported ONNX
 rollout has a fixed history length, and a history from before a deactivate is
@@ -24,7 +27,8 @@ Engaging is bumpless: when the gate's state turns to engaged the warm start
 is dropped, and an action counts as executed only if the gate was forwarding
 autonomy (`"mode": "autonomy"`) when it was sent, so the first command after an
 engage is rate-limited from the measured position, not from a plan the gate never
-forwarded. A frame that fails to
+forwarded. A gate state that is not a JSON object is logged (throttled) and
+ignored. A frame that fails to
 decode (malformed, or anything OpenCV rejects) is logged (throttled) with its
 reason and dropped.
 """
@@ -53,6 +57,7 @@ from jepa_wm.nodes.common import (
     ParameterError,
     check_limits,
     check_model_step,
+    check_overrides,
     declare,
     destroy,
     image_msg_from_rgb,
@@ -85,6 +90,10 @@ class Planner(LifecycleNode):
         self.gate = {}
         self.last_forwarded = False  # the gate was forwarding autonomy when the last plan was sent
         self.bad_frames = 0
+        self.goals_rejected = 0
+        self.goal_rejection = ""  # why the last goal image was refused; "" once a goal is set
+        self.configure_error = ""
+        self.autostarting = False  # main_for reports a failed autostart configure: on_configure does not
         self.last_score = None
         self.status = "unconfigured"
         self.plan_ms = collections.deque(maxlen=50)
@@ -141,6 +150,7 @@ class Planner(LifecycleNode):
         self.limits = check_limits(p["joint_names"], p["joint_lower_limits"], p["joint_upper_limits"])
         if p["goal_image"]:
             require(Path(p["goal_image"]).is_file(), "goal_image", f"names {p['goal_image']!r}, which is not a file")
+        check_overrides(self)
         return p
 
     # ------------------------------------------------------------------ lifecycle
@@ -149,8 +159,9 @@ class Planner(LifecycleNode):
         try:
             self._configure()
         except ParameterError as e:
-            self.get_logger().fatal(f"configure failed: {e}")
             self.configure_error = str(e)
+            if not self.autostarting:  # a lifecycle manager's configure: nobody else says why it failed
+                self.get_logger().error(f"configure failed: {e}")
             return TransitionCallbackReturn.FAILURE
         self.status = "configured"
         return TransitionCallbackReturn.SUCCESS
@@ -223,7 +234,8 @@ class Planner(LifecycleNode):
         for pub in (self.cmd_pub, self.pred_pub, self.obs_pub, self.debug_pub, self.diag_pub):
             own(pub)
         own(subscribe_camera(self, p["camera_topic"], p["image_transport"], self._on_image, self._on_compressed))
-        own(self.create_subscription(Image, p["goal_topic"], self._on_goal_image, LATCHED_QOS))
+        self.goal_sub = self.create_subscription(Image, p["goal_topic"], self._on_goal_image, LATCHED_QOS)
+        own(self.goal_sub)
         own(self.create_subscription(JointState, p["joint_states_topic"], self._on_joint_states, RELIABLE_QOS))
         own(self.create_subscription(String, p["gate_state_topic"], self._on_gate_state, LATCHED_QOS))
         own(self.create_subscription(Image, p["score_topic"], self._on_score, RELIABLE_QOS))
@@ -256,6 +268,7 @@ class Planner(LifecycleNode):
             destroy(self, entity)
         self._owned.clear()
         self.model = self.frame = self.goal_latent = self.goal_rgb = self.measured = None
+        self.goal_rejection = ""
         self.status = "unconfigured"
         return TransitionCallbackReturn.SUCCESS
 
@@ -281,9 +294,16 @@ class Planner(LifecycleNode):
             self.frame, self.frame_seq = (msg.header, rgb), self.frame_seq + 1
 
     def _on_goal_image(self, msg):
-        rgb = self._decode(msg, rgb_from_image)
-        if rgb is not None:
-            self._set_goal(rgb, f"topic {self.p['goal_topic']}")
+        try:
+            rgb = rgb_from_image(msg)
+        except Exception as e:  # as for camera frames: whatever the decoder raises must not kill the planner
+            self.goals_rejected += 1
+            self.goal_rejection = str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
+            # Not throttled, unlike camera frames: each goal image is an operator's request.
+            self.get_logger().warning(f"goal image on {self.goal_sub.topic_name} rejected: {self.goal_rejection}; "
+                                      f"goal unchanged")
+            return
+        self._set_goal(rgb, f"topic {self.goal_sub.topic_name}")
 
     def _on_capture_goal(self, req, res):
         if self.frame is None:
@@ -305,6 +325,7 @@ class Planner(LifecycleNode):
     def _set_goal(self, rgb, source: str):
         self.goal_rgb = rgb
         self.goal_latent = self.torch.as_tensor(self.encode(rgb))
+        self.goal_rejection = ""
         self.cem.reset()
         self.get_logger().info(f"goal set from {source}")
 
@@ -318,6 +339,10 @@ class Planner(LifecycleNode):
         try:
             state = json.loads(msg.data)
         except ValueError:
+            state = None
+        if not isinstance(state, dict):  # "null", "[1, 2]", not JSON: someone else's message, not the gate's
+            self.get_logger().warning(f"ignoring a gate state on {self.p['gate_state_topic']} that is no JSON object: "
+                                      f"{msg.data[:80]!r}", throttle_duration_sec=5.0)
             return
         if state.get("engaged") and not self.gate.get("engaged"):
             self.cem.reset()  # bumpless: restart from the measured state, not an old plan
@@ -424,14 +449,19 @@ class Planner(LifecycleNode):
         st = DiagnosticStatus(name="jepa_wm: planner", hardware_id="jepa_wm", message=self.status)
         if self.status.startswith("planning failed"):
             st.level = DiagnosticStatus.ERROR
-        else:
-            st.level = DiagnosticStatus.OK if self.status.startswith("planning") else DiagnosticStatus.WARN
+        elif self.status.startswith("planning") and not self.goal_rejection:
+            st.level = DiagnosticStatus.OK
+        else:  # not planning, or planning towards a goal the operator tried to replace
+            st.level = DiagnosticStatus.WARN
         if self.bad_frames:
             st.message += f"; {self.bad_frames} malformed frames dropped"
+        if self.goal_rejection:
+            st.message += f"; goal image rejected: {self.goal_rejection}; goal unchanged"
         ms = np.asarray(self.plan_ms) if self.plan_ms else np.zeros(1)
         st.values = [KeyValue(key=k, value=str(v)) for k, v in (
             ("plans", self.plans), ("plan_ms_mean", f"{ms.mean():.1f}"), ("plan_ms_max", f"{ms.max():.1f}"),
             ("malformed_frames", self.bad_frames), ("backend", getattr(self, "backend", "-")), ("goal_set", self.goal_latent is not None),
+            ("goal_images_rejected", self.goals_rejected),
         )]
         arr = DiagnosticArray(status=[st])
         arr.header.stamp = self.get_clock().now().to_msg()
@@ -439,13 +469,16 @@ class Planner(LifecycleNode):
 
 
 def _autostart(node: Planner):
+    """Configure and activate; a failed configure refuses to start (main_for logs its reason, once)."""
     if not node.p["autostart"]:
         return
     from lifecycle_msgs.msg import State
 
+    node.autostarting = True
     node.trigger_configure()
+    node.autostarting = False
     if node._state_machine.current_state[0] != State.PRIMARY_STATE_INACTIVE:
-        raise ParameterError(getattr(node, "configure_error", "configure failed"))
+        raise ParameterError(node.configure_error or "configure failed")
     node.trigger_activate()
 
 

@@ -16,9 +16,13 @@ Commands, like ros2_control's controllers:
 
 Perturbation services for tests and demos: `~/teleport_object` (Trigger: the
 object jumps to `teleport_xy`, or by `teleport_distance` in a seeded random
-direction when unset), `~/block_joint` (SetBool: block/unblock joint
-`perturb_joint`), `~/freeze_camera` and `~/occlude_camera` (SetBool), and
-`~/reset` (Trigger: back to the initial state).
+direction that keeps it on the table when unset), `~/block_joint` (SetBool:
+block/unblock joint `perturb_joint`), `~/freeze_camera` and `~/occlude_camera`
+(SetBool), and `~/reset` (Trigger: back to the initial state). Their
+parameters are dynamic, and checked at start-up and on every set: a
+`teleport_xy` off the table (the static surface the object starts on), a
+`teleport_distance` that is not > 0 or a `perturb_joint` that is no joint index
+is refused with the reason.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import math
 
 import numpy as np
 from geometry_msgs.msg import PoseStamped
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.clock import Clock as RosClock
 from rclpy.clock import ClockType
 from rclpy.node import Node
@@ -40,6 +45,7 @@ from jepa_wm.nodes.common import (
     RELIABLE_QOS,
     SENSOR_QOS,
     ParameterError,
+    check_overrides,
     declare,
     image_msg_from_rgb,
     main_for,
@@ -48,12 +54,22 @@ from jepa_wm.nodes.common import (
     stamp_ns,
 )
 
+PERTURBATION_PARAMETERS = ("teleport_xy", "teleport_distance", "perturb_joint")
+# How far (m) the surface under a teleport target may lie from the one the object starts on: on the table.
+SURFACE_TOLERANCE = 0.01
+# Seeded directions a random jump tries before it is refused (an object by an edge, a jump longer than the table).
+JUMP_TRIES = 16
+
 
 class SimNode(Node):
     def __init__(self, **kwargs):
         super().__init__("sim", **kwargs)
         p = self._params()
         self._build(p)
+        for name in PERTURBATION_PARAMETERS:  # these need the scene: the table, the joints
+            problem = self._perturbation_problem(name, p[name])
+            require(not problem, name, problem)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
         self.target = self.sim.joint_state()[0].copy()
         self.trajectory = None  # (positions (N, J), times (N,) seconds, ticks since receipt)
         self.steps = 0
@@ -114,6 +130,7 @@ class SimNode(Node):
         require(p["width"] >= 8 and p["height"] >= 8, "width", "width and height must be >= 8 pixels")
         require(p["image_encoding"] in ("rgb8", "bgr8"), "image_encoding", f"is {p['image_encoding']!r}; set 'rgb8' or 'bgr8'")
         require(len(p["object_xy"]) in (0, 2), "object_xy", "must be [] or [x, y]")
+        check_overrides(self)  # before the scene is loaded
         self.p = p
         return p
 
@@ -135,6 +152,10 @@ class SimNode(Node):
         self.obs = self.sim.reset(seed=p["seed"], joint_pos=np.asarray(init) if init else None,
                                   object_xy=np.asarray(p["object_xy"]) if p["object_xy"] else None)
         self.initial = (np.asarray(self.obs.joint_pos).copy(), np.asarray(self.obs.object_xy).copy())
+        # Where the object rests at the start, and the height of what it rests on there (the table's top): a
+        # teleport target must have that surface under it. None: no object, or it starts on nothing static.
+        self.rest_z = float(self.sim.object_pos()[2])
+        self.table_z = self._surface_z(self.initial[1]) if self.sim.has_object else None
         k = self.sim.camera_matrix()  # fixed by the scene: CameraInfo's K, P and R, once
         self.intrinsics = (k.reshape(-1).tolist(), np.hstack([k, np.zeros((3, 1))]).reshape(-1).tolist(),
                            np.eye(3).reshape(-1).tolist())
@@ -221,14 +242,81 @@ class SimNode(Node):
 
     # ------------------------------------------------------------------ perturbations
 
+    def _surface_z(self, xy) -> float | None:
+        """Height of the static scene (the table, the floor) under `xy`, looking down from the object's resting
+        height; None over nothing. What moves (the arm, the object) is looked through."""
+        import mujoco
+
+        m, d = self.sim.model, self.sim.data
+        pnt, down = np.array([xy[0], xy[1], self.rest_z], dtype=float), np.array([0.0, 0.0, -1.0])
+        geom = np.zeros(1, np.int32)
+        for _ in range(8):
+            dist = mujoco.mj_ray(m, d, pnt, down, None, 1, -1, geom)
+            if dist < 0:
+                return None
+            pnt[2] -= dist
+            if m.body_weldid[m.geom_bodyid[geom[0]]] == 0:  # welded to the world: static
+                return float(pnt[2])
+            pnt[2] -= 1e-6  # on down, through the arm or the object
+        return None
+
+    def _table_problem(self, xy) -> str:
+        """Why the object cannot be put at `xy` ("" if it can): it would not stand on what it started on."""
+        if self.table_z is None:
+            return ""
+        z = self._surface_z(xy)
+        if z is not None and abs(z - self.table_z) <= SURFACE_TOLERANCE:
+            return ""
+        below = "nothing" if z is None else f"a surface at z {z:.3f} m"
+        return f"off the table ({below} under it; the object started on a surface at z {self.table_z:.3f} m)"
+
+    def _perturbation_problem(self, name: str, value) -> str:
+        """Why `value` cannot be perturbation parameter `name` ("" if it can), at start-up and on every set."""
+        number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
+        if name == "teleport_xy":
+            xy = list(value) if hasattr(value, "__len__") and not isinstance(value, str) else value
+            if xy in (None, []):  # a random jump; "[]" arrives untyped
+                return ""
+            if not (isinstance(xy, list) and len(xy) == 2 and all(number(v) for v in xy)):
+                return f"is {value!r}; it must be [] (a random jump) or [x, y] in metres"
+            problem = self._table_problem(xy)
+            return problem and f"is {[float(v) for v in xy]}, {problem}: choose a point on the table"
+        if name == "teleport_distance":
+            return "" if number(value) and value > 0 else f"is {value!r}; it must be a jump length > 0 m"
+        n = len(self.joint_names)
+        return "" if 0 <= value < n else f"is {value}; it must be a joint index 0..{n - 1} of {self.joint_names}"
+
+    def _on_set_parameters(self, params) -> SetParametersResult:
+        for param in params:
+            if param.name in PERTURBATION_PARAMETERS:
+                problem = self._perturbation_problem(param.name, param.value)
+                if problem:
+                    return SetParametersResult(successful=False, reason=f"parameter '{param.name}' {problem}")
+        return SetParametersResult(successful=True)
+
+    def _random_jump(self, distance: float):
+        """The object's position moved `distance` in a seeded random direction that keeps it on the table; None
+        if none of JUMP_TRIES directions does."""
+        here = self.sim.object_xy()  # now, not at the last tick: two jumps in one tick add up
+        for _ in range(JUMP_TRIES):
+            angle = self.rng.uniform(0, 2 * math.pi)
+            new = here + distance * np.array([math.cos(angle), math.sin(angle)])
+            if not self._table_problem(new.tolist()):
+                return new
+        return None
+
     def _on_teleport(self, req, res):
         xy = list(self.get_parameter("teleport_xy").value or [])  # "[]" in a params file arrives untyped
-        if len(xy) == 2:
-            new = np.asarray(xy, dtype=float)
+        if xy:
+            new = np.asarray(xy, dtype=float)  # on the table: checked when it was set
         else:
-            angle = self.rng.uniform(0, 2 * math.pi)
-            new = np.asarray(self.obs.object_xy, dtype=float) + self.get_parameter("teleport_distance").value * np.array(
-                [math.cos(angle), math.sin(angle)])
+            distance = self.get_parameter("teleport_distance").value
+            new = self._random_jump(distance)
+            if new is None:
+                res.success = False
+                res.message = (f"no direction keeps a {distance} m jump from {np.round(self.sim.object_xy(), 3).tolist()} "
+                               f"on the table: lower teleport_distance, or set teleport_xy")
+                return res
         try:
             self.sim.teleport_object(new)
         except ValueError as e:
@@ -239,10 +327,7 @@ class SimNode(Node):
         return res
 
     def _on_block(self, req, res):
-        i = int(self.get_parameter("perturb_joint").value)
-        if not 0 <= i < len(self.joint_names):
-            res.success, res.message = False, f"perturb_joint {i} is not a joint index (0..{len(self.joint_names) - 1})"
-            return res
+        i = int(self.get_parameter("perturb_joint").value)  # a joint index: checked when it was set
         try:
             self.sim.block_joint(i, bool(req.data))
         except ValueError as e:
