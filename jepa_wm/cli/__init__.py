@@ -6,8 +6,9 @@ their subcommand runs, so `jepa-wm --help` stays instant.
 
 A mistake of the user's (a missing or damaged file, a bad bag, a config key,
 a run that does not match its folder) ends in one line, `jepa-wm <command>:
-error: ...`, and exit 2; set JEPA_WM_TRACEBACK=1 for the traceback. Anything
-else is a bug and keeps its traceback.
+error: ...`, and exit 2; Ctrl-C in one line too, and exit 130; set
+JEPA_WM_TRACEBACK=1 for the traceback. Anything else is a bug and keeps its
+traceback.
 """
 
 import argparse
@@ -18,6 +19,7 @@ import sys
 from pathlib import Path
 
 EXIT_USAGE = 2  # argparse's own exit status for a bad command line
+EXIT_INTERRUPTED = 130  # a shell's status for a command that SIGINT ended
 
 # name -> (module, one-line help)
 COMMANDS = {
@@ -126,6 +128,12 @@ def main(argv=None) -> int:
             raise
         print(f"jepa-wm {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt as e:  # how a user stops a command, not a bug; training says where it can resume
+        if os.environ.get("JEPA_WM_TRACEBACK"):
+            raise
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank gets the Ctrl-C: rank 0 speaks for all
+            print(f"jepa-wm {args.command}: {e or 'interrupted'}", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -8,6 +8,9 @@ checkpoint, never from a hard-coded default.
 from __future__ import annotations
 
 import dataclasses
+import re
+import types
+import typing
 from dataclasses import dataclass
 
 
@@ -16,12 +19,42 @@ class ConfigError(ValueError):
 
 
 def dataclass_from_dict(cls, data: dict, where: str):
-    """Build dataclass `cls` from `data`, refusing unknown keys with the list of valid ones."""
+    """Build dataclass `cls` from `data`, refusing unknown keys with the list of valid ones and values of another
+    type than the field's."""
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys are {sorted(known)}")
+    check_types(cls, data, where)
     return cls(**data)
+
+
+_TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def _conforms(value, kind) -> bool:
+    if kind is float:  # an integer is a number; true and false are not
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        return any(_conforms(value, a) for a in args)
+    if origin in (list, tuple):
+        return isinstance(value, (list, tuple)) and all(_conforms(v, args[0]) for v in value)
+    return isinstance(value, origin or kind)
+
+
+def check_types(cls, data: dict, where: str):
+    """Refuse a value that is not of its field's annotated type, naming the key: YAML reads `lr: 1e-3` as the
+    string '1e-3', and `freeze_encoder: "no"` would be a true string, not false."""
+    hints = typing.get_type_hints(cls)
+    for key, value in data.items():
+        if not _conforms(value, hints[key]):
+            hint = ""
+            if hints[key] is float and isinstance(value, str) and re.fullmatch(r"[-+]?[\d.]+[eE][-+]?\d+", value):
+                hint = " (YAML reads an exponent as a number only with a dot and a sign, like 1.0e-3)"
+            raise ConfigError(f"{where}: {key} must be {_TYPE_NAMES.get(hints[key], hints[key])}, got {value!r}{hint}")
 
 
 @dataclass(frozen=True)
@@ -54,6 +87,7 @@ class ModelConfig:
     train_preds: int = 4
 
     def __post_init__(self):
+        check_types(ModelConfig, dataclasses.asdict(self), "model config")  # preset() builds past dataclass_from_dict
         positive = [f.name for f in dataclasses.fields(self) if f.type == "int"]
         bad = [n for n in positive if getattr(self, n) <= 0]
         if bad:

@@ -51,9 +51,10 @@ def sigreg(z: torch.Tensor, step: int = 0, num_directions: int = 1024, num_knots
            global_batch: bool = True):
     """Epps-Pulley statistic of z (T, B, D) along random directions, averaged over frames and directions.
 
-    Its null value (z ~ N(0, I)) is about the sum of the weights, ~1 independently of B;
-    departures from N(0, I) grow linearly with the (global) batch size. With `global_batch`
-    (training) every rank must call it: the statistics are averaged over all ranks' batches.
+    Its null value (z ~ N(0, I)) is about sum_k w_k (1 - phi0(t_k)^2) = 1.05, independently of B (at each node
+    B E|ecf - phi0|^2 = Var cos + Var sin = 1 - phi0^2); departures from N(0, I) grow linearly with the (global)
+    batch size. With `global_batch` (training) every rank must call it: the statistics are averaged over all
+    ranks' batches.
     """
     T, B, D = z.shape
     u = random_directions(D, num_directions, step, z.device, z.dtype)

@@ -1,7 +1,7 @@
 """Validation metrics that say whether a world model is usable, without a decoder.
 
 - prediction error: the training term on held-out clips;
-- SIGReg statistic of the latents (about 1 for an isotropic Gaussian);
+- SIGReg statistic of the latents (about 1.05 for an isotropic Gaussian, whatever the number of samples);
 - effective rank of the latents (collapse shows up here first);
 - linear probe R^2: how much of the joint angles a linear map reads from a latent
   (LeWorldModel's physical-quantity probe), and of a tracked object's position.

@@ -7,7 +7,9 @@ the global batch (jepa_wm.core.sigreg), and only rank 0 logs and writes.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import math
 import os
@@ -23,7 +25,7 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from jepa_wm.backends.torch_backend import DTYPES, resolve_precision
-from jepa_wm.core.checkpoint import load_checkpoint, save_checkpoint
+from jepa_wm.core.checkpoint import CheckpointError, load_checkpoint, read_header, save_checkpoint
 from jepa_wm.core.config import ConfigError, dataclass_from_dict
 from jepa_wm.core.model import WorldModel, preprocess
 from jepa_wm.core.sigreg import jepa_loss, sigreg
@@ -50,9 +52,13 @@ class TrainConfig:
     def __post_init__(self):
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ConfigError(f"train precision {self.precision!r} must be 'auto', 'bf16' or 'fp32'")
-        for name in ("steps", "batch_size", "val_every", "log_every"):
-            if getattr(self, name) <= 0:
+        # grad_clip 0 zeroes every gradient and sigreg_directions 0 makes the loss NaN: both fail silently or late.
+        for name in ("steps", "batch_size", "val_every", "log_every", "grad_clip", "sigreg_directions"):
+            if not getattr(self, name) > 0:
                 raise ConfigError(f"train {name} must be positive, got {getattr(self, name)}")
+        for name in ("lr", "weight_decay", "warmup", "sigreg_weight", "seed", "workers"):
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ConfigError(f"train {name} must be a finite number >= 0, got {getattr(self, name)}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -67,6 +73,9 @@ class Distributed:
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         self.device = torch.device("cpu")
+
+    def start(self):
+        """Join the process group and take this rank's device."""
         if self.world > 1 and not dist.is_initialized():
             backend = "nccl" if torch.cuda.is_available() else "gloo"
             dist.init_process_group(backend)
@@ -166,7 +175,37 @@ def evaluate(model: WorldModel, train_set, val_set, batch_size: int = 64, max_cl
 
 
 class RunMismatch(ValueError):
-    """The output folder holds another run than the one asked for: resuming it would mix the two."""
+    """The output folder cannot take this run: it holds another one (resuming it would mix the two), or another
+    run is writing there now."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during training; the message says which step the checkpoint holds and how to resume."""
+
+
+@contextlib.contextmanager
+def exclusive(out: Path):
+    """Hold `out` for one run: a second run there would interleave the log and overwrite the checkpoints."""
+    path = out / ".lock"
+    while True:
+        f = open(path, "a")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            raise RunMismatch(f"{out} is in use by another run (it holds {path.name}): wait for that run to end, "
+                              "or give another --out") from None
+        try:
+            if os.path.samestat(os.fstat(f.fileno()), os.stat(path)):
+                break
+        except FileNotFoundError:
+            pass
+        f.close()  # a run that was ending removed the file between our open and our lock: lock the new one
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # before the lock goes: a run that opened it meanwhile sees it replaced
+        f.close()
 
 
 def _differences(stored: dict, run: dict) -> list[str]:
@@ -193,30 +232,93 @@ def _rng_state(device) -> dict:
     return state
 
 
+def _rng_states(env: Distributed) -> list | None:
+    """Every rank's generator states, on rank 0 (each rank draws its own dropout masks); None elsewhere."""
+    if env.world == 1:
+        return [_rng_state(env.device)]
+    states = [None] * env.world if env.main else None
+    dist.gather_object(_rng_state(env.device), states, dst=0)
+    return states
+
+
 def _set_rng_state(state: dict, device):
     torch.set_rng_state(state["cpu"])
     if "cuda" in state and device.type == "cuda":
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def _read_state(path: Path, device) -> dict:
-    try:
-        return torch.load(path, map_location=device, weights_only=True)
+def _read_state(path: Path) -> dict:
+    try:  # on the CPU: generator states must stay there; weights and optimizer state follow their parameters
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated or foreign file surfaces as several exception types
-        raise RuntimeError(f"cannot read the training state {path} ({type(e).__name__}: {e}); the weights beside "
-                           "it are untouched: to start over, give another --out") from e
+        raise CheckpointError(f"cannot read the training state {path} ({type(e).__name__}: {e}); the weights "
+                              "beside it are untouched: to start over, give another --out") from e
+
+
+def _saved_step(path: Path) -> int | None:
+    """The step of the model checkpoint at `path`; None where there is none or it cannot be read."""
+    try:
+        return read_header(path)["meta"].get("step")
+    except CheckpointError:
+        return None
+
+
+def _rewrite_log(path: Path, step: int | None):
+    """Keep the log's rows up to `step` (None: none): a resumed run logs the steps after its checkpoint again, and
+    a fresh run does not continue another's log."""
+    lines = path.read_text().splitlines() if path.exists() and step is not None else []
+    kept = []
+    for line in lines:
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line + "\n")
+        except (ValueError, KeyError, TypeError):  # a line cut short by a kill
+            pass
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)
+
+
+def _resume_weights(state: dict, state_path: Path, ckpt_path: Path, cfg) -> tuple[dict, dict]:
+    """The weights and validation metrics that the training state at `state_path` resumes with."""
+    if "model" in state:
+        if state["model_config"] != cfg.to_dict():
+            raise CheckpointError(f"{state_path} holds another model: "
+                                  + "; ".join(_differences(state["model_config"], cfg.to_dict())))
+        return state["model"], state["metrics"]
+    # A state from before it held the weights: the model beside it must be of its step, or resuming would mix them.
+    model, meta = load_checkpoint(ckpt_path, expected_config=cfg)
+    if meta.get("step") != state["step"]:
+        raise CheckpointError(f"{ckpt_path} holds step {meta.get('step')} but {state_path} step {state['step']}: "
+                              "the run stopped between the two writes of a checkpoint, and resuming would mix them. "
+                              "Give another --out, or delete both to start over")
+    return model.state_dict(), meta.get("metrics", {})
 
 
 def train(model: WorldModel, train_set, val_set, cfg: TrainConfig, out_dir, meta: dict | None = None,
           run: dict | None = None) -> dict:
     """Train `model` on ClipDatasets; writes out_dir/{model.safetensors, train_state.pt, metrics.jsonl, losses.png}.
 
-    Resumes from out_dir/train_state.pt when it exists, where the run left off (same batches, same random
-    state), and only if it was started as the same `run` (what identifies it: parent, data, recipe). Returns
-    the final validation metrics.
+    Resumes from out_dir/train_state.pt when it exists, where the run left off (same weights, batches and random
+    state on every rank), and only if it was started as the same `run` (what identifies it: parent, data, recipe).
+    Rank 0 holds out_dir meanwhile: a second run there is refused. Returns the final validation metrics.
     """
     env = Distributed()
     out = Path(out_dir)
+    if len(train_set) // env.world < cfg.batch_size:  # the sampler and the loader both drop an incomplete batch
+        raise ConfigError(f"train batch_size {cfg.batch_size} is larger than the {len(train_set)} training clips "
+                          f"({len(train_set) // env.world} per rank on {env.world}): lower it, or give more data")
+    # Every rank, before the process group: a bad --out then fails each rank alike, not rank 0 alone and the others
+    # in their next collective.
+    out.mkdir(parents=True, exist_ok=True)
+    with exclusive(out) if env.main else contextlib.nullcontext():
+        env.start()
+        metrics = _train(model, train_set, val_set, cfg, out, meta, run, env)
+    env.close()
+    return metrics
+
+
+def _train(model, train_set, val_set, cfg: TrainConfig, out: Path, meta, run, env: Distributed) -> dict:
     torch.manual_seed(cfg.seed + env.rank)
     model.to(env.device)
     params = trainable_parameters(model, cfg.freeze_encoder)
@@ -224,26 +326,40 @@ def train(model: WorldModel, train_set, val_set, cfg: TrainConfig, out_dir, meta
     no_decay = [p for p in params if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
-    step, state_path, ckpt_path = 0, out / "train_state.pt", out / "model.safetensors"
-    metrics, rng = {}, None
-    if state_path.exists() and ckpt_path.exists():
-        state = _read_state(state_path, env.device)
+    state_path, ckpt_path, log_path = out / "train_state.pt", out / "model.safetensors", out / "metrics.jsonl"
+    step, saved, metrics, rng, elapsed = 0, None, {}, None, 0.0
+    if state_path.exists():
+        state = _read_state(state_path)
         if run is not None and state.get("run") is not None and state["run"] != run:
             raise RunMismatch(f"{out} holds another run, so this one cannot resume there: "
                               + "; ".join(_differences(state["run"], run))
                               + f". Give another --out, or delete {out} to start over")
-        resumed, resumed_meta = load_checkpoint(ckpt_path, expected_config=model.cfg)
-        model.load_state_dict(resumed.state_dict())
+        # A finished run resumed for its calibration keeps its metrics.
+        weights, metrics = _resume_weights(state, state_path, ckpt_path, model.cfg)
+        model.load_state_dict(weights)
         opt.load_state_dict(state["optimizer"])
-        step = int(state["step"])
-        metrics = resumed_meta.get("metrics", {})  # a finished run resumed for its calibration keeps its metrics
-        # One process only: the file holds rank 0's generator, and each rank draws its own dropout masks.
-        rng = state.get("rng") if env.world == 1 else None
+        step = saved = int(state["step"])
+        elapsed = state.get("elapsed", 0.0)
+        rngs = state.get("rng")
+        rngs = [rngs] if isinstance(rngs, dict) else rngs  # a state from before it held every rank's
+        # Each rank draws its own dropout masks; on another number of ranks the batches differ anyway.
+        rng = rngs[env.rank] if rngs and len(rngs) == env.world else None
         if env.main:
             print(f"resuming {out} from step {step}")
     elif ckpt_path.exists():
         raise RunMismatch(f"{out} holds a model ({ckpt_path.name}) but no train_state.pt to resume from; training "
                           "there would overwrite it: give another --out, or delete it")
+
+    def save_model():
+        save_checkpoint(ckpt_path, model, {**(meta or {}), "step": step, "metrics": metrics,
+                                           "train_config": dataclasses.asdict(cfg)})
+
+    log = None
+    if env.main:
+        if saved is not None and _saved_step(ckpt_path) != saved:
+            save_model()  # stopped between the two writes of a checkpoint: the deployable model catches up
+        _rewrite_log(log_path, saved)
+        log = open(log_path, "a")
 
     net = model
     if env.world > 1:
@@ -251,73 +367,81 @@ def train(model: WorldModel, train_set, val_set, cfg: TrainConfig, out_dir, meta
     sampler = DistributedSampler(train_set, num_replicas=env.world, rank=env.rank, seed=cfg.seed, drop_last=True)
     loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
                         drop_last=True, persistent_workers=cfg.workers > 0)
-    if len(loader) == 0:
-        raise ValueError(f"training set has {len(train_set)} clips: fewer than one batch of {cfg.batch_size} per rank")
     bf16 = DTYPES[resolve_precision(training_precision(cfg), env.device)] == torch.bfloat16
     amp = torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=bf16)
 
-    if env.main:
-        out.mkdir(parents=True, exist_ok=True)
-    log = open(out / "metrics.jsonl", "a") if env.main else None
     bar = tqdm(total=cfg.steps, initial=step, desc="train", disable=not env.main, dynamic_ncols=True)
-    epoch, skip, t0 = step // len(loader), step % len(loader), time.time()
-    while step < cfg.steps:
-        sampler.set_epoch(epoch)
-        # Resuming mid-epoch: the loader draws its seed from the generator as the epoch starts, so the saved
-        # state goes back after the batches already trained on are skipped; at an epoch's start, before.
-        if rng is not None and not skip:
-            _set_rng_state(rng, env.device)
-        batches = iter(loader)
-        for _ in range(skip):
-            next(batches)
-        if rng is not None and skip:
-            _set_rng_state(rng, env.device)
-        rng, skip = None, 0
-        for batch in batches:
-            if step >= cfg.steps:
-                break
-            # A dynamics-only fine-tune trains the predictor as it is deployed: BatchNorm statistics frozen, no
-            # dropout. In train mode 600 fp32 steps on the parent's own data took its validation error from 0.0070
-            # to 0.011; in eval mode to 0.0055.
-            net.train(not cfg.freeze_encoder)
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step, cfg)
-            pixels, actions = to_model_inputs(model, batch, env.device)
-            with amp:
-                losses = jepa_loss(net, pixels, actions, cfg.sigreg_weight, step, cfg.sigreg_directions)
-            opt.zero_grad(set_to_none=True)
-            losses["loss"].backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
-            step += 1
-            if not torch.isfinite(losses["loss"]):
-                raise FloatingPointError(f"loss became {losses['loss'].item()} at step {step}; last checkpoint kept in {out}")
-            if env.main and step % cfg.log_every == 0:
-                row = {"step": step, "lr": lr_at(step - 1, cfg), "grad_norm": float(grad_norm), "time": time.time() - t0}
-                row.update({k: v.item() for k, v in losses.items()})
-                log.write(json.dumps(row) + "\n")
-                bar.set_postfix(loss=f"{row['loss']:.4f}", pred=f"{row['pred']:.4f}", sigreg=f"{row['sigreg']:.3f}")
-            bar.update(1)
-            if step % cfg.val_every == 0 or step == cfg.steps:
-                if env.main:
-                    metrics = evaluate(model, train_set, val_set)
-                    log.write(json.dumps({"step": step, **metrics}) + "\n")
-                    log.flush()
-                    tqdm.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-                    save_checkpoint(ckpt_path, model, {**(meta or {}), "step": step, "metrics": metrics,
-                                                       "train_config": dataclasses.asdict(cfg)})
-                    tmp = state_path.with_suffix(".tmp")
-                    torch.save({"optimizer": opt.state_dict(), "step": step, "run": run,
-                                "rng": _rng_state(env.device)}, tmp)
-                    os.replace(tmp, state_path)
-                if env.world > 1:
-                    dist.barrier()
-        epoch += 1
-    bar.close()
-    if env.main:
-        log.close()
-        plot_losses(out / "metrics.jsonl", out / "losses.png")
-    env.close()
+    epoch, skip, t0 = step // len(loader), step % len(loader), time.time() - elapsed
+    try:
+        while step < cfg.steps:
+            sampler.set_epoch(epoch)
+            # Resuming mid-epoch: the loader draws its seed from the generator as the epoch starts, so the saved
+            # state goes back after the batches already trained on are skipped; at an epoch's start, before.
+            if rng is not None and not skip:
+                _set_rng_state(rng, env.device)
+            batches = iter(loader)
+            for _ in range(skip):
+                next(batches)
+            if rng is not None and skip:
+                _set_rng_state(rng, env.device)
+            rng, skip = None, 0
+            for batch in batches:
+                if step >= cfg.steps:
+                    break
+                # A dynamics-only fine-tune trains the predictor as it is deployed: BatchNorm statistics frozen, no
+                # dropout. In train mode 600 fp32 steps on the parent's own data took its validation error from
+                # 0.0070 to 0.011; in eval mode to 0.0055.
+                net.train(not cfg.freeze_encoder)
+                for group in opt.param_groups:
+                    group["lr"] = lr_at(step, cfg)
+                pixels, actions = to_model_inputs(model, batch, env.device)
+                with amp:
+                    losses = jepa_loss(net, pixels, actions, cfg.sigreg_weight, step, cfg.sigreg_directions)
+                opt.zero_grad(set_to_none=True)
+                losses["loss"].backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                opt.step()
+                step += 1
+                if not torch.isfinite(losses["loss"]):
+                    raise FloatingPointError(f"loss became {losses['loss'].item()} at step {step}; last checkpoint kept "
+                                             f"in {out}")
+                if env.main and step % cfg.log_every == 0:
+                    row = {"step": step, "lr": lr_at(step - 1, cfg), "grad_norm": float(grad_norm),
+                           "time": time.time() - t0}
+                    row.update({k: v.item() for k, v in losses.items()})
+                    log.write(json.dumps(row) + "\n")
+                    bar.set_postfix(loss=f"{row['loss']:.4f}", pred=f"{row['pred']:.4f}", sigreg=f"{row['sigreg']:.3f}")
+                bar.update(1)
+                if step % cfg.val_every == 0 or step == cfg.steps:
+                    rngs = _rng_states(env)  # gathered from every rank
+                    if env.main:
+                        metrics = evaluate(model, train_set, val_set)
+                        log.write(json.dumps({"step": step, **metrics}) + "\n")
+                        log.flush()
+                        tqdm.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+                        # The resume state first, in one atomic file with the weights it goes with: a kill before
+                        # the model below is written leaves that one a checkpoint behind (resuming rewrites it),
+                        # never weights of one step with the optimizer and step of another.
+                        tmp = state_path.with_name(f".{state_path.name}.tmp")
+                        torch.save({"model": model.state_dict(), "model_config": model.cfg.to_dict(),
+                                    "optimizer": opt.state_dict(), "step": step, "run": run, "rng": rngs,
+                                    "metrics": metrics, "elapsed": time.time() - t0}, tmp)
+                        os.replace(tmp, state_path)
+                        saved = step  # what the same command resumes from, even if stopped before what follows
+                        save_model()
+                        plot_losses(log_path, out / "losses.png")
+                    if env.world > 1:
+                        dist.barrier()
+                        saved = step
+            epoch += 1
+    except KeyboardInterrupt as e:
+        resume = (f"{out} holds the checkpoint of step {saved}, and the same command resumes from there"
+                  if saved is not None else "no checkpoint was written yet: the same command starts over")
+        raise Interrupted(f"training stopped at step {step}; {resume}") from e
+    finally:
+        bar.close()
+        if log is not None:
+            log.close()
     return metrics
 
 
@@ -331,18 +455,24 @@ def plot_losses(metrics_file, png):
     rows = [json.loads(line) for line in open(metrics_file)]
     train_rows = [r for r in rows if "loss" in r]
     val_rows = [r for r in rows if "val_pred_error" in r]
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
-    for key in ("pred", "sigreg"):
-        axes[0 if key == "pred" else 1].plot([r["step"] for r in train_rows], [r[key] for r in train_rows], label=f"train {key}")
-    axes[0].plot([r["step"] for r in val_rows], [r["val_pred_error"] for r in val_rows], "o-", label="val pred")
-    axes[1].plot([r["step"] for r in val_rows], [r["val_sigreg"] for r in val_rows], "o-", label="val sigreg")
-    axes[0].set_yscale("log"), axes[1].set_yscale("log")
-    axes[2].plot([r["step"] for r in val_rows], [r["val_probe_r2"] for r in val_rows], "o-", label="joint probe R^2")
+    steps, val_steps = [r["step"] for r in train_rows], [r["step"] for r in val_rows]
+    fig, axes = plt.subplots(1, 4, figsize=(18, 3.6))
+    axes[0].plot(steps, [r["pred"] for r in train_rows], label="train pred")
+    axes[0].plot(val_steps, [r["val_pred_error"] for r in val_rows], "o-", label="val pred")
+    # Apart: the statistic grows with the number of samples it sees (one batch in training, every validation clip
+    # here), so on one axis validation would look far worse than training.
+    axes[1].plot(steps, [r["sigreg"] for r in train_rows], label="train sigreg (one batch)")
+    axes[2].plot(val_steps, [r["val_sigreg"] for r in val_rows], "o-", color="C1", label="val sigreg (all val clips)")
+    for ax in axes[:3]:
+        ax.set_yscale("log")
+    axes[3].plot(val_steps, [r["val_probe_r2"] for r in val_rows], "o-", label="joint probe R^2")
     if any("val_probe_r2_object" in r for r in val_rows):
-        axes[2].plot([r["step"] for r in val_rows], [r.get("val_probe_r2_object", np.nan) for r in val_rows], "s-",
+        axes[3].plot(val_steps, [r.get("val_probe_r2_object", np.nan) for r in val_rows], "s-",
                      label="object probe R^2")
-    axes[2].set_ylim(-0.1, 1.05)
-    for ax, title in zip(axes, ["prediction error", "SIGReg statistic", "validation probe"]):
+    axes[3].axhline(0.0, color="grey", lw=0.8)
+    axes[3].set_ylim(top=1.05)  # the bottom follows the data: a negative R^2 (worse than the mean) shows
+    titles = ["prediction error", "SIGReg, training batch", "SIGReg, all validation clips", "validation probe"]
+    for ax, title in zip(axes, titles):
         ax.set_title(title), ax.set_xlabel("step"), ax.legend(), ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(png, dpi=100)
