@@ -56,6 +56,11 @@ def test_a_finished_run_resumes_instead_of_restarting(trained, capsys):
     assert "resuming" in capsys.readouterr().out
     _, meta = load_checkpoint(out / "model.safetensors")
     assert meta["step"] == 70
+    # Fewer steps than it has: nothing to train, and the checkpoint still says which step its weights are of.
+    assert cli(["train", "--synthetic", "24", "--preset", "tiny", "--steps", "20", "--batch-size", "16",
+                "--out", str(out)]) == 0
+    assert "already trained to step 70, past --steps 20" in capsys.readouterr().out
+    assert load_checkpoint(out / "model.safetensors")[1]["step"] == 70
 
 
 class _Crash(Exception):

@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from jepa_wm.backends.onnx_export import sha256
-from jepa_wm.core.checkpoint import load_checkpoint, save_checkpoint
+from jepa_wm.core.checkpoint import load_checkpoint, read_header, save_checkpoint
 from jepa_wm.core.config import ConfigError, ModelConfig, dataclass_from_dict
 from jepa_wm.core.model import build_model
 from jepa_wm.core.planner import JointMetric
@@ -306,9 +306,13 @@ def fit(episodes, config: dict, out_dir, parent: str | None = None, sources=None
     model.cpu()  # calibration and the joint probe feed it CPU frames, and the checkpoint is saved from here
     path = out / "model.safetensors"
     if is_main_process():
+        # The step the weights are of: a run resumed with a smaller --steps trains nothing and stays where it was.
+        step = read_header(path)["meta"].get("step", tcfg.steps)
+        if step > tcfg.steps:
+            print(f"{out} was already trained to step {step}, past --steps {tcfg.steps}: nothing trained")
         calibration = calibrate_model(model, val_eps, cal["quantile"], cal["margin"], cal["consecutive"],
                                       cal["whiten"])
-        meta.update(step=tcfg.steps, metrics=metrics, surprise=calibration.to_dict(), train_seconds=round(time.time() - t0, 1),
+        meta.update(step=step, metrics=metrics, surprise=calibration.to_dict(), train_seconds=round(time.time() - t0, 1),
                     train_config=config, joint_metric=fit_joint_metric(model, train_eps).to_dict())
         save_checkpoint(path, model, meta)
         print(f"saved {path}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
