@@ -1,11 +1,15 @@
 """The embedded MuJoCo simulator behind real ROS topics, plus planner, monitor and gate.
 
     ros2 launch jepa_wm sim.launch.py model:=/path/model.safetensors
+    ros2 launch jepa_wm sim.launch.py sim_params_file:=/path/my_sim.yaml model:=... joint_names:="[j1, j2]"
 
 The simulator publishes /camera/image_raw, /camera/camera_info and
 /joint_states and listens on /arm_controller/joint_trajectory and
 /arm_controller/commands like ros2_control would; perturbation services are
 under /sim/ (teleport_object, block_joint, freeze_camera, occlude_camera, reset).
+`sim_params_file` is the simulator's parameter file (default: the shipped
+config/sim.yaml): yours names your scene, camera and joints; keys it leaves out
+keep their defaults.
 """
 
 import os
@@ -31,9 +35,11 @@ def generate_launch_description():
                               description="the simulated arm's joints, YAML list"),
         DeclareLaunchArgument("use_sim_time", default_value="false",
                               description="true: the simulator publishes /clock and every node follows it"),
+        DeclareLaunchArgument("sim_params_file", default_value=os.path.join(share, "config", "sim.yaml"),
+                              description="the simulator's parameter file (scene, camera, joints, ...)"),
         Node(
             package="jepa_wm", executable="sim", name="sim", output="screen",
-            parameters=[os.path.join(share, "config", "sim.yaml"), {
+            parameters=[LaunchConfiguration("sim_params_file"), {
                 "publish_clock": ParameterValue(use_sim_time, value_type=bool),
                 "use_sim_time": ParameterValue(use_sim_time, value_type=bool),
             }],

@@ -253,3 +253,44 @@ def test_the_evaluation_simulator_takes_the_model_action_order():
     sim = make_sim({"sim": {"joint_names": []}, "joint_names": ["elbow", "shoulder", "base_yaw"]})
     assert list(sim.joint_names) == ["elbow", "shoulder", "base_yaw"]
     assert list(make_sim({"sim": {}}).joint_names) == ["base_yaw", "shoulder", "elbow"]  # no order recorded: the scene's
+
+
+def test_the_injected_teleport_keeps_the_object_on_the_table():
+    # The builtin table ends at x 0.65: from 3 cm inside its edge, half the jumps used to drop the puck off it.
+    sim = ArmSim(SimConfig(width=16, height=16))
+    for seed in range(12):
+        sim.reset(seed=seed, object_xy=[0.62, 0.0])
+        surprise_events.inject(sim, "teleport", np.random.default_rng(seed))
+        x, y = sim.object_xy()
+        assert -0.25 < x < 0.65 and -0.45 < y < 0.45, (seed, x, y)
+        assert np.hypot(x - 0.62, y) >= 0.08  # still a jump
+
+
+def test_eval_skips_the_teleport_in_a_scene_without_an_object(tmp_path, capsys):
+    from user_robot import write_checkpoint, write_scene
+
+    model = write_checkpoint(tmp_path / "m.safetensors", write_scene(tmp_path / "arm.xml", with_object=False))
+    planner = tmp_path / "planner.yaml"  # a cheap plan: this test is about the events, not the plans
+    planner.write_text("planner:\n  ros__parameters:\n    samples: 8\n    iterations: 1\n    warm_iterations: 1\n"
+                       "    elites: 2\n")
+    out = tmp_path / "eval"
+    assert cli(["eval", "--model", str(model), "--goals", "1", "--budget", "2", "--surprise-episodes", "1",
+                "--planner-config", str(planner), "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    for key in ("surprise", "surprise_closed_loop"):
+        assert report[key]["teleport"] == {"skipped": "the scene has no object to teleport"}
+        assert report[key]["blocked_joint"]["episodes"] + report[key]["blocked_joint"]["never_visible"] == 1
+    assert "  teleport: skipped (the scene has no object to teleport)" in capsys.readouterr().out
+
+
+def test_a_checkpoint_whose_scene_is_gone_is_named_with_it(tmp_path, monkeypatch, capsys):
+    from user_robot import write_checkpoint, write_scene
+
+    write_scene(tmp_path / "scenes" / "arm.xml")
+    model = write_checkpoint(tmp_path / "m.safetensors", "scenes/arm.xml")  # as collect once stored it: relative
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert cli(["eval", "--model", str(model), "--goals", "1", "--out", str(tmp_path / "eval")]) == 2
+    err = capsys.readouterr().err
+    assert (f"jepa-wm eval: error: checkpoint {model} names sim.scene scenes/arm.xml, the scene its training data "
+            "was collected in, and that does not exist (a relative path") in err, err

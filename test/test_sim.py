@@ -1,6 +1,7 @@
 """The embedded MuJoCo simulator (ArmSim) and the exploration policy: real physics and real rendering, tiny images."""
 
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -350,11 +351,13 @@ def test_user_scene_camera_and_joint_names_from_config(tmp_path):
     np.testing.assert_allclose(obs.joint_pos, [0.5, -0.4], atol=0.02)
     assert s.data.qpos[s.model.joint("j_a").qposadr[0]] == pytest.approx(-0.4, abs=0.02)
     # The default joints: every position-actuated hinge, in actuator order; the motor-driven tip is not one (a
-    # command in radians would be applied to it as a torque).
-    d = ArmSim(SimConfig(scene=scene, camera="side_cam", width=16, height=16))
+    # command in radians would be applied to it as a torque), and is named as left out.
+    with pytest.warns(UserWarning, match=r"joints \['passive'\] have no <position> actuator"):
+        d = ArmSim(SimConfig(scene=scene, camera="side_cam", width=16, height=16))
     assert d.joint_names == ["j_a", "j_b"]
 
 
+@pytest.mark.filterwarnings("ignore:scene .* have no <position> actuator:UserWarning")  # the tip
 def test_user_scene_without_limits_clips_commands_to_one_turn(tmp_path):
     s = ArmSim(SimConfig(scene=_scene(tmp_path), camera="side_cam", width=16, height=16))
     s.reset(seed=0, joint_pos=[0.0, 0.0])
@@ -362,6 +365,7 @@ def test_user_scene_without_limits_clips_commands_to_one_turn(tmp_path):
     np.testing.assert_allclose(obs.joint_pos, [np.pi, -np.pi], atol=0.05)
 
 
+@pytest.mark.filterwarnings("ignore:scene .* have no <position> actuator:UserWarning")  # the tip
 def test_user_scene_without_object(tmp_path):
     s = ArmSim(SimConfig(scene=_scene(tmp_path, obj=""), camera="side_cam", width=16, height=16))
     assert not s.has_object
@@ -385,12 +389,15 @@ def test_user_scene_without_object(tmp_path):
     (dict(object_body="shelf"), "'shelf' .* needs a free joint"),
     (dict(ee_site="gripper"), "end-effector site 'gripper' not found"),
 ])
+@pytest.mark.filterwarnings("ignore:scene .* have no <position> actuator:UserWarning")
 def test_user_scene_configuration_errors_name_what_is_missing(tmp_path, cfg, message):
     scene = _scene(tmp_path)
     base = dict(scene=scene, camera="side_cam", width=16, height=16)
     with pytest.raises(ValueError, match=message) as e:
         ArmSim(SimConfig(**{**base, **cfg}))
     assert scene in str(e.value)
+    # The setting at fault, which the sim node names as its parameter (not always "scene").
+    assert e.value.setting == next(iter(cfg))
 
 
 def test_missing_or_broken_scene_file(tmp_path):
@@ -400,6 +407,102 @@ def test_missing_or_broken_scene_file(tmp_path):
     broken.write_text("<mujoco><worldbody><body></mujoco>")
     with pytest.raises(ValueError, match="cannot load scene"):
         ArmSim(SimConfig(scene=str(broken)))
+
+
+def test_scene_errors_are_one_line_and_say_what_is_wrong(tmp_path):
+    with pytest.raises(IsADirectoryError, match=f"scene {tmp_path} is a directory"):
+        ArmSim(SimConfig(scene=str(tmp_path)))
+    broken = tmp_path / "broken.xml"  # MuJoCo's error on this spans three lines
+    broken.write_text("<mujoco><worldbody><body></worldbdy></mujoco>")
+    with pytest.raises(ValueError, match="MuJoCo cannot load scene .*XML_ERROR_MISMATCHED_ELEMENT") as e:
+        ArmSim(SimConfig(scene=str(broken)))
+    assert "\n" not in str(e.value)
+    assert e.value.setting == "scene"  # the SimConfig field, which the sim node names as its parameter
+
+
+URDF = """<robot name="arm2">
+  <link name="base_link"><inertial><mass value="1"/><inertia ixx="0.01" iyy="0.01" izz="0.01" ixy="0" ixz="0" iyz="0"/></inertial></link>
+  <link name="l1">
+    <visual><origin xyz="0.1 0 0" rpy="0 1.5708 0"/><geometry><cylinder radius="0.02" length="0.2"/></geometry></visual>
+    <inertial><origin xyz="0.1 0 0"/><mass value="0.3"/><inertia ixx="0.001" iyy="0.001" izz="0.001" ixy="0" ixz="0" iyz="0"/></inertial>
+  </link>
+  <joint name="shoulder" type="revolute"><parent link="base_link"/><child link="l1"/><origin xyz="0 0 0.1"/>
+    <axis xyz="0 0 1"/><limit lower="-1.5" upper="1.5" effort="10" velocity="2"/><dynamics damping="1"/></joint>
+</robot>"""
+# The README's wrapper: MuJoCo's <include> takes no URDF; <model> + <attach> does, and adds camera and actuator.
+URDF_WRAPPER = """<mujoco>
+  <asset><model name="arm" file="arm2.urdf"/></asset>
+  <worldbody>
+    <light pos="0 0 1.5" dir="0 0 -1"/>
+    <camera name="front_cam" pos="0 -0.7 0.6" xyaxes="1 0 0 0 0.65 0.76"/>
+    <body name="mount"><attach model="arm" body="base_link" prefix=""/></body>
+  </worldbody>
+  <actuator><position joint="shoulder" kp="30"/></actuator>
+</mujoco>"""
+
+
+def test_a_urdf_runs_in_the_readme_wrapper_and_alone_is_told_to_use_one(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # MuJoCo logs its warning on prefix="" to MUJOCO_LOG.TXT in the current directory
+    (tmp_path / "arm2.urdf").write_text(URDF)
+    with pytest.raises(ValueError, match="a URDF has no cameras: wrap it in an MJCF") as e:
+        ArmSim(SimConfig(scene=str(tmp_path / "arm2.urdf"), camera="front_cam"))
+    assert e.value.setting == "camera"
+    (tmp_path / "arm.xml").write_text(URDF_WRAPPER)
+    s = ArmSim(SimConfig(scene=str(tmp_path / "arm.xml"), camera="front_cam", width=16, height=16))
+    assert s.joint_names == ["shoulder"] and not s.has_object
+    np.testing.assert_allclose(s.joint_limits, [[-1.5, 1.5]])
+    s.reset(seed=0, joint_pos=[0.0])
+    np.testing.assert_allclose(_drive(s, [0.8], 20).joint_pos, [0.8], atol=0.02)
+
+
+def test_a_joint_without_a_position_actuator_is_left_out_with_a_warning(tmp_path):
+    from user_robot import write_scene
+
+    scene = str(write_scene(tmp_path / "arm.xml", wrist_actuated=False))
+    with pytest.warns(UserWarning, match=r"joints \['j_wrist'\] have no <position> actuator.*still move in the images"):
+        s = ArmSim(SimConfig(scene=scene, camera="front_cam", width=16, height=16))
+    assert s.joint_names == ["j_yaw", "j_pitch"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the joints named: nothing is left out unsaid
+        assert ArmSim(SimConfig(scene=scene, camera="front_cam", joint_names=["j_pitch"], width=16, height=16)).n_joints == 1
+
+
+def test_collect_records_the_scene_joints_and_site_for_eval_from_anywhere(tmp_path, monkeypatch):
+    import yaml
+
+    from jepa_wm.cli import main
+    from jepa_wm.eval.common import make_sim
+    from user_robot import write_scene
+
+    scene = write_scene(tmp_path / "scenes" / "arm.xml")
+    monkeypatch.chdir(tmp_path)
+    assert main(["collect", "--out", "data", "--episodes", "1", "--steps", "2", "--scene", "scenes/arm.xml",
+                 "--camera", "front_cam", "--joint-names", "j_wrist,j_yaw", "--ee-site", "tip",
+                 "--width", "16", "--height", "16"]) == 0
+    sim = yaml.safe_load((tmp_path / "data" / "collect_00000.yaml").read_text())["sim"]
+    assert sim["scene"] == str(scene.resolve()) and sim["joint_names"] == ["j_wrist", "j_yaw"] and sim["ee_site"] == "tip"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # eval, calibrate and demo run from anywhere
+    assert make_sim({"sim": sim}).joint_names == ["j_wrist", "j_yaw"]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--ee-site", "gripper"], "jepa-wm collect: error: end-effector site 'gripper' not found in scene"),
+    (["--joint-names", "j_yaw,,j_pitch"], "argument --joint-names: 'j_yaw,,j_pitch' is not a comma-separated list"),
+])
+def test_collect_refuses_a_bad_site_or_joint_list(tmp_path, capsys, flags, message):
+    from jepa_wm.cli import main
+    from user_robot import write_scene
+
+    scene = str(write_scene(tmp_path / "arm.xml"))
+    argv = ["collect", "--out", str(tmp_path / "data"), "--episodes", "1", "--steps", "2", "--scene", scene,
+            "--camera", "front_cam", "--width", "16", "--height", "16", *flags]
+    try:
+        assert main(argv) == 2
+    except SystemExit as e:  # argparse: a usage error
+        assert e.code == 2
+    assert message in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------- exploration policy and IK

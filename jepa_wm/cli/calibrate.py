@@ -66,7 +66,7 @@ def _simulate(job) -> tuple[str, np.ndarray]:
     if _WORKER.get("path") != model_path:
         torch.set_num_threads(1)  # as the planner node runs (torch_threads: 1); parallelism comes from --workers
         model, meta = load_checkpoint(model_path)
-        sim = make_sim(meta)
+        sim = make_sim(meta, model_path)
         _WORKER.update(path=model_path, model=model, meta=meta, sim=sim, policy=ExplorationPolicy(sim))
     model, meta, sim = _WORKER["model"], _WORKER["meta"], _WORKER["sim"]
     if kind == "sim/planner":

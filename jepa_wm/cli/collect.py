@@ -10,6 +10,7 @@ training only uses to report whether the latent encodes the object.
 
 from __future__ import annotations
 
+import argparse
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -26,8 +27,14 @@ def add_arguments(p):
     p.add_argument("--push-fraction", type=fraction, default=0.3,
                    help="fraction of episodes that push the object on purpose (default: %(default)s)")
     p.add_argument("--max-step", type=positive_float, default=0.15, help="max joint change per control step, rad (default: %(default)s)")
-    p.add_argument("--scene", default="builtin", help="'builtin' or an MJCF file (default: %(default)s)")
+    p.add_argument("--scene", default="builtin", help="'builtin' or an MJCF file (default: %(default)s); the "
+                   "manifest records its absolute path, which eval, calibrate and demo load it from")
     p.add_argument("--camera", default="overhead", help="camera name in the scene (default: %(default)s)")
+    p.add_argument("--joint-names", type=name_list, default=[], metavar="J1,J2,...",
+                   help="the arm's joints, in action order (default: every joint with a <position> actuator, "
+                        "in actuator order)")
+    p.add_argument("--ee-site", default="", help="end-effector site, which pushes aim with (default: site 'ee' if the "
+                                                 "scene has one, else the last arm joint's body)")
     p.add_argument("--object-body", default="", help="object body ('' = the first free body)")
     p.add_argument("--object-jitter", type=nonnegative_float, default=0.1,
                    help="each episode starts the object uniformly within this many metres (x and y) of its place "
@@ -37,6 +44,14 @@ def add_arguments(p):
     p.add_argument("--control-dt", type=positive_float, default=0.1, help="seconds per step (default: %(default)s)")
     add_robot_change_arguments(p)
     p.add_argument("--workers", type=positive_int, default=1, help="parallel processes, one simulator each (default: %(default)s)")
+
+
+def name_list(text: str) -> list[str]:
+    """argparse type: a comma-separated list of names, none empty."""
+    names = [n.strip() for n in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of names")
+    return names
 
 
 def add_robot_change_arguments(p):
@@ -66,8 +81,10 @@ def robot_change(args) -> dict:
 def _sim_config(args):
     from jepa_wm.sim.arm import SimConfig
 
-    return SimConfig(scene=args.scene, camera=args.camera, object_body=args.object_body,
-                     object_jitter=args.object_jitter, width=args.width,
+    # The absolute path: eval, calibrate and demo rebuild the scene from the manifest, from another directory.
+    scene = args.scene if args.scene in ("", "builtin") else str(Path(args.scene).expanduser().resolve())
+    return SimConfig(scene=scene, camera=args.camera, joint_names=list(args.joint_names), ee_site=args.ee_site,
+                     object_body=args.object_body, object_jitter=args.object_jitter, width=args.width,
                      height=args.height, control_dt=args.control_dt, seed=args.seed, **robot_change(args))
 
 

@@ -1,7 +1,8 @@
 """`jepa-wm demo`: simulator, planner, monitor and gate in one process, on real DDS topics.
 
 The four nodes run in one executor (spun by a background thread), with the same parameter files
-the launch files use; they talk over DDS exactly as separate processes do.
+the launch files use; they talk over DDS exactly as separate processes do. The simulator runs the
+scene the model was trained in (the checkpoint's meta["sim"], as `jepa-wm eval` does).
 A driver then (0) resets the stop the monitor latches at start-up, once the
 camera is live, (1) reaches goal images, (2) occludes the camera while the arm
 moves, which the monitor must flag and the gate must stop, (3) resets the stop
@@ -35,6 +36,21 @@ def add_arguments(parser):
                         "(default 0: the checkpoint's calibration)")
     parser.add_argument("--out", default="demo.png", help="PNG summary path")
     parser.add_argument("--domain-id", type=nonnegative_int, default=None, help="ROS_DOMAIN_ID (default: the environment's or 0)")
+
+
+# The sim node's parameters that are SimConfig fields of the same name.
+SIM_SETTINGS = ("scene", "camera", "joint_names", "object_body", "ee_site", "width", "height", "control_dt")
+
+
+def _sim_overrides(meta: dict, model: str, seed: int) -> dict:
+    """The sim node's parameters for the scene the model was trained in: its checkpoint's meta["sim"], as `jepa-wm
+    eval` rebuilds it; config/sim.yaml's where the checkpoint names none (a model trained on recorded bags)."""
+    from jepa_wm.eval.common import sim_settings
+
+    if "sim" not in meta:
+        return {"seed": seed}
+    settings = sim_settings(meta, model)
+    return {**{k: settings[k] for k in SIM_SETTINGS if k in settings}, "seed": seed}
 
 
 def _params_from_yaml(path: Path, node: str, overrides: dict):
@@ -86,11 +102,12 @@ def run(args) -> int:
     meta = read_header(model)["meta"]
     require_position_actions(meta, model)
     joints = meta.get("joint_names") or None
+    sim_params = _sim_overrides(meta, model, args.seed)  # before any node starts: a missing scene is one line
     ev = Events()
     rclpy.init(args=[], domain_id=args.domain_id if args.domain_id is not None else int(os.environ.get("ROS_DOMAIN_ID", 0)))
     nodes = []
     try:
-        sim = SimNode(parameter_overrides=_params_from_yaml(config_file("sim.yaml"), "sim", {"seed": args.seed}))
+        sim = SimNode(parameter_overrides=_params_from_yaml(config_file("sim.yaml"), "sim", sim_params))
         nodes.append(sim)
         joints = joints or list(sim.joint_names)
         limits = {"joint_lower_limits": sim.lo.tolist(), "joint_upper_limits": sim.hi.tolist()}

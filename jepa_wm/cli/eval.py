@@ -59,7 +59,7 @@ def run(args) -> int:
     model_path = args.model or default_model_path()
     model, meta = load_checkpoint(model_path)
     require_position_actions(meta, model_path)
-    sim = make_sim(meta, **robot_change(args))
+    sim = make_sim(meta, model_path, **robot_change(args))
     out.mkdir(parents=True, exist_ok=True)
     report = {"model": str(model_path), "planner": vars(pcfg), "goals": args.goals, "budget": args.budget,
               "tolerance_rad": args.tolerance, "object_tolerance_m": args.object_tolerance}
@@ -128,8 +128,8 @@ def surprise_suite(model, sim, policy, cal, n: int, seed: int, starts: range, ke
     nominal = [surprise_events.EventEpisode("nominal", -1, residual_error(r, cal.whitening) / cal.scale,
                                             surprise_events.check_trips(f, q, a, *checks))
                for r, (f, a, _, q) in zip(residuals, runs)]
-    events = []
-    for kind in surprise_events.EVENTS:
+    events, skipped = [], surprise_events.skipped_events(sim)
+    for kind in (k for k in surprise_events.EVENTS if k not in skipped):
         for i in tqdm(range(n), desc=f"{label}: {kind}"):
             f, a, onset, q = surprise_events.record(sim, policy, STEPS, seed + 900 + i, kind, starts[i % len(starts)])
             sim.reset()  # clear the perturbation
@@ -139,13 +139,16 @@ def surprise_suite(model, sim, policy, cal, n: int, seed: int, starts: range, ke
     calibration = {k: v for k, v in cal.to_dict().items() if k != "whitening"}
     calibration["whitened"] = cal.whitening is not None
     s = {"calibration": calibration, "nominal_prediction_error": nominal_error,
-         **surprise_events.summarise(nominal, events, cal)}
+         **surprise_events.summarise(nominal, events, cal, skipped=skipped)}
     plots.surprise_traces(nominal, events, cal, out / f"{key}.png")
     print(f"{label}: one-step prediction error on nominal episodes {nominal_error:.4f}")
     print(f"{label}: threshold {cal.threshold:.2f}, stops on nominal episodes {s['nominal_stops']}/{s['nominal_episodes']} "
           f"(with the frozen-frame and stuck-joint checks: {s['checks_nominal_stops']})")
     for kind in surprise_events.EVENTS:
         e = s[kind]
+        if "skipped" in e:
+            print(f"  {kind}: skipped ({e['skipped']})")
+            continue
         if not e["episodes"]:
             print(f"  {kind}: never visible in {n} episodes")
             continue

@@ -84,13 +84,32 @@ def deployed_checks():
             if gate["stuck_joint_lead"] > 0 else None)
 
 
-def make_sim(meta: dict, **overrides):
-    """The simulator a checkpoint was trained in (its data section names scene and image size)."""
+def sim_settings(meta: dict, checkpoint=None) -> dict:
+    """The SimConfig fields of the simulator a checkpoint was trained in: its meta["sim"] (collect's settings) and
+    the model's action order. Its scene must be there: refused, naming the checkpoint (`checkpoint`, the path it was
+    read from), if the file is gone."""
+    from jepa_wm.sim.arm import scene_path
+
+    settings = dict(meta.get("sim", {}))
+    if not settings.get("joint_names") and meta.get("joint_names"):
+        # The model's action order (data.joint_names may reorder or pick the scene's joints), not the scene's.
+        settings["joint_names"] = list(meta["joint_names"])
+    scene = settings.get("scene", "builtin")
+    try:
+        scene_path(scene)
+    except OSError as e:
+        where = f"checkpoint {checkpoint}" if checkpoint else "the checkpoint"
+        what = "is a directory" if isinstance(e, IsADirectoryError) else "does not exist"
+        hint = "" if Path(scene).expanduser().is_absolute() else (
+            f" (a relative path, read from the current directory {Path.cwd()}: run from the directory `jepa-wm "
+            "collect` ran in)")
+        raise ConfigError(f"{where} names sim.scene {scene}, the scene its training data was collected in, and that "
+                          f"{what}{hint}") from None
+    return settings
+
+
+def make_sim(meta: dict, checkpoint=None, **overrides):
+    """The simulator a checkpoint was trained in (see sim_settings), with `overrides` (a changed robot)."""
     from jepa_wm.sim.arm import ArmSim, SimConfig
 
-    sim_meta = dict(meta.get("sim", {}))
-    if not sim_meta.get("joint_names") and meta.get("joint_names"):
-        # The model's action order (data.joint_names may reorder or pick the scene's joints), not the scene's.
-        sim_meta["joint_names"] = list(meta["joint_names"])
-    sim_meta.update(overrides)
-    return ArmSim(SimConfig(**sim_meta))
+    return ArmSim(SimConfig(**{**sim_settings(meta, checkpoint), **overrides}))

@@ -1,7 +1,8 @@
 """Injected events for the surprise evaluation: does the monitor see the world misbehave, and how fast?
 
 Each episode runs the exploration policy; at a seeded step an event starts:
-- teleport: the object jumps to another place (a one-frame discontinuity);
+- teleport: the object jumps to another place on the table (a one-frame
+  discontinuity); skipped in a scene without an object;
 - blocked_joint: a joint stops following its commands;
 - frozen_camera: the camera keeps sending the same frame while the arm moves.
 An event counts from the first frame in which it is visible: a jammed joint
@@ -31,6 +32,7 @@ from jepa_wm.train.calibration import episode_errors
 EVENTS = ("teleport", "blocked_joint", "frozen_camera")
 VISIBLE = 0.05  # rad
 SWEEP = (1.0, 0.75, 0.5, 0.3)  # fractions of the calibrated threshold that `summarise` also reports
+TELEPORT_STEP = (0.06, 0.12)  # m: a teleport moves the object this far along each axis, in a random sense
 
 
 @dataclass
@@ -41,12 +43,23 @@ class EventEpisode:
     checks: np.ndarray | None = None  # where the model-free checks trip, frames 1..T-1; None: not run
 
 
+def skipped_events(sim) -> dict[str, str]:
+    """The events this scene cannot stage, each with the reason."""
+    return {} if sim.has_object else {"teleport": "the scene has no object to teleport"}
+
+
 def inject(sim, kind: str, rng):
     """Start the event; returns visible(obs, action) -> bool for the frame that action leads to."""
     q0 = sim.joint_state()[0].copy()
     if kind == "teleport":
-        xy = np.asarray(sim.object_xy())
-        sim.teleport_object(xy + rng.choice([-1, 1], 2) * rng.uniform(0.06, 0.12, 2))
+        # 6-12 cm along each axis (the protocol of the model card's numbers), but on the table, as the simulator
+        # node's ~/teleport_object keeps it: an object dropped off it falls out of view, which is another event.
+        here = np.asarray(sim.object_xy())
+        step = rng.choice([-1, 1], 2) * rng.uniform(*TELEPORT_STEP, 2)
+        xy = here + step if not sim.table_problem(here + step) else sim.random_jump(np.linalg.norm(step), rng)
+        if xy is None:  # no direction keeps it on the table: no jump, counted as never visible
+            return lambda obs, action: False
+        sim.teleport_object(xy)
         return lambda obs, action: True
     if kind == "blocked_joint":
         j = int(rng.integers(sim.n_joints))
@@ -115,9 +128,11 @@ def window_max(scores, window: int) -> np.ndarray:
     return np.lib.stride_tricks.sliding_window_view(s, window).max(-1) if len(s) >= window else s[:0]
 
 
-def summarise(nominal: list[EventEpisode], events: list[EventEpisode], cal: SurpriseCalibration, window: int = 2):
+def summarise(nominal: list[EventEpisode], events: list[EventEpisode], cal: SurpriseCalibration, window: int = 2,
+              skipped: dict[str, str] | None = None):
     """Per event: AUROC, frames to detect, detection rate; stops on nominal episodes; both again at lower thresholds,
-    and (under "checks", for episodes with `checks` set) for the score and the model-free checks together.
+    and (under "checks", for episodes with `checks` set) for the score and the model-free checks together. An event
+    in `skipped` (see skipped_events) is reported as {"skipped": reason}.
 
     AUROC separates what a stop within `window` frames has to act on: the
     largest score in the first `window` frames of each event against the
@@ -130,7 +145,9 @@ def summarise(nominal: list[EventEpisode], events: list[EventEpisode], cal: Surp
     nominal_frames = np.concatenate([e.scores for e in nominal])
     report = {"nominal_stops": nominal_stops(nominal, cal, cal.threshold), "nominal_episodes": len(nominal),
               "window": window}
-    visible = {kind: [e for e in events if e.kind == kind and e.onset > 0] for kind in EVENTS}
+    skipped = skipped or {}
+    report.update({kind: {"skipped": reason} for kind, reason in skipped.items()})
+    visible = {kind: [e for e in events if e.kind == kind and e.onset > 0] for kind in EVENTS if kind not in skipped}
     for kind, eps in visible.items():
         never = sum(e.kind == kind and e.onset < 0 for e in events)
         if not eps:

@@ -34,6 +34,7 @@ from geometry_msgs.msg import PoseStamped
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.clock import Clock as RosClock
 from rclpy.clock import ClockType
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.node import Node
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CameraInfo, Image, JointState
@@ -55,10 +56,6 @@ from jepa_wm.nodes.common import (
 )
 
 PERTURBATION_PARAMETERS = ("teleport_xy", "teleport_distance", "perturb_joint")
-# How far (m) the surface under a teleport target may lie from the one the object starts on: on the table.
-SURFACE_TOLERANCE = 0.01
-# Seeded directions a random jump tries before it is refused (an object by an edge, a jump longer than the table).
-JUMP_TRIES = 16
 
 
 class SimNode(Node):
@@ -108,6 +105,7 @@ class SimNode(Node):
             "camera": d("camera", "overhead", "camera name in the scene"),
             "object_body": d("object_body", "", "object body name ('' = the scene's default)"),
             "joint_names": d("joint_names", [], "joints to expose ([] = all of the scene's arm joints)", kind="str[]"),
+            "ee_site": d("ee_site", "", "end-effector site ('' = site 'ee' if the scene has one, else the last arm joint's body)"),
             "width": d("width", 64, "camera width (px)"),
             "height": d("height", 64, "camera height (px)"),
             "control_dt": d("control_dt", 0.1, "seconds per control step (timer period and simulated time per step)"),
@@ -127,7 +125,8 @@ class SimNode(Node):
             "perturb_joint": d("perturb_joint", 0, "joint index ~/block_joint acts on", read_only=False),
         }
         require(p["control_dt"] > 0 and math.isfinite(p["control_dt"]), "control_dt", "must be a positive number of seconds")
-        require(p["width"] >= 8 and p["height"] >= 8, "width", "width and height must be >= 8 pixels")
+        for side in ("width", "height"):
+            require(p[side] >= 8, side, f"is {p[side]}; it must be >= 8 pixels")
         require(p["image_encoding"] in ("rgb8", "bgr8"), "image_encoding", f"is {p['image_encoding']!r}; set 'rgb8' or 'bgr8'")
         require(len(p["object_xy"]) in (0, 2), "object_xy", "must be [] or [x, y]")
         check_overrides(self)  # before the scene is loaded
@@ -137,14 +136,15 @@ class SimNode(Node):
     def _build(self, p):
         from jepa_wm.sim.arm import ArmSim, SimConfig
 
-        kw = dict(scene=p["scene"], camera=p["camera"], joint_names=list(p["joint_names"]), width=p["width"],
-                  height=p["height"], control_dt=p["control_dt"], seed=p["seed"])
-        if p["object_body"]:
-            kw["object_body"] = p["object_body"]
+        kw = dict(scene=p["scene"], camera=p["camera"], joint_names=list(p["joint_names"]), object_body=p["object_body"],
+                  width=p["width"], height=p["height"], control_dt=p["control_dt"], seed=p["seed"], ee_site=p["ee_site"])
         try:
             self.sim = ArmSim(SimConfig(**kw))
         except (ValueError, OSError, KeyError) as e:
-            raise ParameterError(f"parameter 'scene' ({p['scene']!r}, camera {p['camera']!r}, joints {p['joint_names']}): {e}") from None
+            # The simulator names the SimConfig field it refuses, which is this node's parameter of that name; a file
+            # it cannot read is the scene's.
+            setting = getattr(e, "setting", "scene")
+            raise ParameterError(f"parameter '{setting}' is {p[setting]!r}: {e}") from None
         self.joint_names = list(self.sim.joint_names)
         init = p["initial_joint_positions"]
         require(len(init) in (0, len(self.joint_names)), "initial_joint_positions",
@@ -152,10 +152,6 @@ class SimNode(Node):
         self.obs = self.sim.reset(seed=p["seed"], joint_pos=np.asarray(init) if init else None,
                                   object_xy=np.asarray(p["object_xy"]) if p["object_xy"] else None)
         self.initial = (np.asarray(self.obs.joint_pos).copy(), np.asarray(self.obs.object_xy).copy())
-        # Where the object rests at the start, and the height of what it rests on there (the table's top): a
-        # teleport target must have that surface under it. None: no object, or it starts on nothing static.
-        self.rest_z = float(self.sim.object_pos()[2])
-        self.table_z = self._surface_z(self.initial[1]) if self.sim.has_object else None
         k = self.sim.camera_matrix()  # fixed by the scene: CameraInfo's K, P and R, once
         self.intrinsics = (k.reshape(-1).tolist(), np.hstack([k, np.zeros((3, 1))]).reshape(-1).tolist(),
                            np.eye(3).reshape(-1).tolist())
@@ -217,6 +213,15 @@ class SimNode(Node):
         return self.get_clock().now().to_msg()
 
     def _publish(self, obs):
+        try:
+            self._send(obs)
+        except _rclpy.RCLError:
+            if self.context.ok():
+                raise
+            # SIGTERM or Ctrl-C shut the context down while this tick ran: nothing is left to publish to, and the
+            # node is about to exit cleanly.
+
+    def _send(self, obs):
         stamp = self._stamp()
         rgb = np.asarray(obs.image, dtype=np.uint8)
         img = image_msg_from_rgb(rgb if self.p["image_encoding"] == "rgb8" else rgb[..., ::-1], stamp, self.p["camera_frame_id"])
@@ -242,34 +247,6 @@ class SimNode(Node):
 
     # ------------------------------------------------------------------ perturbations
 
-    def _surface_z(self, xy) -> float | None:
-        """Height of the static scene (the table, the floor) under `xy`, looking down from the object's resting
-        height; None over nothing. What moves (the arm, the object) is looked through."""
-        import mujoco
-
-        m, d = self.sim.model, self.sim.data
-        pnt, down = np.array([xy[0], xy[1], self.rest_z], dtype=float), np.array([0.0, 0.0, -1.0])
-        geom = np.zeros(1, np.int32)
-        for _ in range(8):
-            dist = mujoco.mj_ray(m, d, pnt, down, None, 1, -1, geom)
-            if dist < 0:
-                return None
-            pnt[2] -= dist
-            if m.body_weldid[m.geom_bodyid[geom[0]]] == 0:  # welded to the world: static
-                return float(pnt[2])
-            pnt[2] -= 1e-6  # on down, through the arm or the object
-        return None
-
-    def _table_problem(self, xy) -> str:
-        """Why the object cannot be put at `xy` ("" if it can): it would not stand on what it started on."""
-        if self.table_z is None:
-            return ""
-        z = self._surface_z(xy)
-        if z is not None and abs(z - self.table_z) <= SURFACE_TOLERANCE:
-            return ""
-        below = "nothing" if z is None else f"a surface at z {z:.3f} m"
-        return f"off the table ({below} under it; the object started on a surface at z {self.table_z:.3f} m)"
-
     def _perturbation_problem(self, name: str, value) -> str:
         """Why `value` cannot be perturbation parameter `name` ("" if it can), at start-up and on every set."""
         number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
@@ -279,7 +256,7 @@ class SimNode(Node):
                 return ""
             if not (isinstance(xy, list) and len(xy) == 2 and all(number(v) for v in xy)):
                 return f"is {value!r}; it must be [] (a random jump) or [x, y] in metres"
-            problem = self._table_problem(xy)
+            problem = self.sim.table_problem(xy)
             return problem and f"is {[float(v) for v in xy]}, {problem}: choose a point on the table"
         if name == "teleport_distance":
             return "" if number(value) and value > 0 else f"is {value!r}; it must be a jump length > 0 m"
@@ -294,24 +271,13 @@ class SimNode(Node):
                     return SetParametersResult(successful=False, reason=f"parameter '{param.name}' {problem}")
         return SetParametersResult(successful=True)
 
-    def _random_jump(self, distance: float):
-        """The object's position moved `distance` in a seeded random direction that keeps it on the table; None
-        if none of JUMP_TRIES directions does."""
-        here = self.sim.object_xy()  # now, not at the last tick: two jumps in one tick add up
-        for _ in range(JUMP_TRIES):
-            angle = self.rng.uniform(0, 2 * math.pi)
-            new = here + distance * np.array([math.cos(angle), math.sin(angle)])
-            if not self._table_problem(new.tolist()):
-                return new
-        return None
-
     def _on_teleport(self, req, res):
         xy = list(self.get_parameter("teleport_xy").value or [])  # "[]" in a params file arrives untyped
         if xy:
             new = np.asarray(xy, dtype=float)  # on the table: checked when it was set
         else:
             distance = self.get_parameter("teleport_distance").value
-            new = self._random_jump(distance)
+            new = self.sim.random_jump(distance, self.rng)
             if new is None:
                 res.success = False
                 res.message = (f"no direction keeps a {distance} m jump from {np.round(self.sim.object_xy(), 3).tolist()} "

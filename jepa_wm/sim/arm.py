@@ -1,10 +1,12 @@
 """The embedded simulator: a MuJoCo arm driven like a ros2_control position interface.
 
-`ArmSim` loads any MJCF whose arm joints carry position actuators (a robot's
-URDF: `<include>` it in, or convert it to, an MJCF that adds the camera and a
-`<position>` actuator per joint; MuJoCo's URDF import makes neither), and
+`ArmSim` loads any MJCF whose arm joints carry position actuators, and
 exposes what a real arm offers: joint states, a camera, and absolute joint
-position commands held for `control_dt`. Scene,
+position commands held for `control_dt`. A robot's URDF needs a small MJCF
+wrapper that adds the camera and a `<position>` actuator per joint (MuJoCo's
+URDF import makes neither): `<asset><model name="arm" file="arm.urdf"/></asset>`
+and, in a body of its `<worldbody>`, `<attach model="arm" body="BASE_LINK" prefix=""/>`
+(MuJoCo's `<include>` takes MJCF files only, not a URDF). Scene,
 camera, joints and object all come from `SimConfig`, so a user's own model
 works without code changes. Perturbation hooks (blocked joint, frozen or
 occluded camera, teleported object, changed mass or gain) exist so that
@@ -14,7 +16,9 @@ surprise detection can be tested against known events.
 from __future__ import annotations
 
 import os
+import re
 import threading
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +30,19 @@ import numpy as np  # noqa: E402
 from jepa_wm.core.config import ConfigError  # noqa: E402
 
 BUILTIN_SCENE = Path(__file__).resolve().parent / "assets" / "arm_push.xml"
+# How far (m) the surface under a teleport target may lie from the one the object starts on: on the table.
+SURFACE_TOLERANCE = 0.01
+# Seeded directions a random jump tries before it gives up (an object by an edge, a jump longer than the table).
+JUMP_TRIES = 16
+
+
+class SimConfigError(ConfigError):
+    """A SimConfig setting that no scene, or not this scene, can take; `setting` names the field, so that the
+    sim node can name its parameter of that name instead of blaming the scene."""
+
+    def __init__(self, setting: str, message: str):
+        super().__init__(message)
+        self.setting = setting
 
 
 def _release_gl_context():
@@ -73,36 +90,69 @@ def _names(model, kind, count) -> list[str]:
     return [_name(model, kind, i) for i in range(count)]
 
 
+def scene_path(scene: str) -> Path:
+    """The MJCF file that SimConfig.scene names ("builtin" or "": the shipped scene); refused unless it is a file."""
+    if scene in ("", "builtin"):
+        return BUILTIN_SCENE
+    path = Path(scene).expanduser()
+    if path.is_dir():
+        raise IsADirectoryError(f"scene {path} is a directory; give the MJCF file in it (or 'builtin')")
+    if not path.is_file():
+        raise FileNotFoundError(f"scene file {path} does not exist (use 'builtin' or an MJCF path)")
+    return path
+
+
+def _one_line(error) -> str:
+    """An error's text on one line: MuJoCo's XML errors span several, and a node or CLI error is one line."""
+    text = re.sub(r":\s*\n\s*", ": ", str(error).strip())  # "XML parse error 14:\nError=..." reads on
+    return re.sub(r"\s*\n\s*", "; ", text)
+
+
+def _load(path: Path):
+    try:
+        return mujoco.MjModel.from_xml_path(str(path))
+    except ValueError as e:
+        raise SimConfigError("scene", f"MuJoCo cannot load scene {path}: {_one_line(e)}") from None
+
+
 def _check_numbers(cfg: SimConfig):
     """Refuse SimConfig numbers no scene can take, before loading one (the scene-dependent checks come later)."""
     if not (isinstance(cfg.control_dt, (int, float, np.number)) and 0 < cfg.control_dt < np.inf):
-        raise ConfigError(f"control_dt is {cfg.control_dt!r}; it must be a finite number of seconds > 0")
+        raise SimConfigError("control_dt", f"control_dt is {cfg.control_dt!r}; it must be a finite number of seconds > 0")
     for name in ("width", "height"):
         v = getattr(cfg, name)
         if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
-            raise ConfigError(f"image {name} is {v!r}; it must be an integer >= 1")
+            raise SimConfigError(name, f"image {name} is {v!r}; it must be an integer >= 1")
     if not 0 <= cfg.object_jitter < np.inf:
-        raise ConfigError(f"object_jitter is {cfg.object_jitter!r}; it must be a finite number of metres >= 0")
+        raise SimConfigError("object_jitter",
+                             f"object_jitter is {cfg.object_jitter!r}; it must be a finite number of metres >= 0")
     # A negative gain turns the servo into positive feedback; non-finite values poison the physics.
     if not all(0 <= v < np.inf for v in cfg.joint_gain_scale):
-        raise ConfigError(f"joint_gain_scale {list(cfg.joint_gain_scale)} must hold finite numbers >= 0")
+        raise SimConfigError("joint_gain_scale",
+                             f"joint_gain_scale {list(cfg.joint_gain_scale)} must hold finite numbers >= 0")
     if not all(np.isfinite(v) for v in cfg.joint_offset):
-        raise ConfigError(f"joint_offset {list(cfg.joint_offset)} must hold finite numbers")
+        raise SimConfigError("joint_offset", f"joint_offset {list(cfg.joint_offset)} must hold finite numbers")
     if not all(np.isfinite(v) for v in cfg.added_mass.values()):
-        raise ConfigError(f"added_mass {dict(cfg.added_mass)} must hold finite masses in kg")
+        raise SimConfigError("added_mass", f"added_mass {dict(cfg.added_mass)} must hold finite masses in kg")
+
+
+def _warn_left_out(path, joints: list[str]):
+    """Say which hinge and slide joints the default joint choice leaves out (Python's default filter shows a
+    warning once per text and calling line: once per scene in collect, eval or a node)."""
+    if joints:
+        # A warning, not an error: a passive joint (a free-swinging tool) is a valid scene. But nothing commands it,
+        # and the images still show it move, so the model sees motion no action explains.
+        warnings.warn(f"scene {path}: joints {joints} have no <position> actuator, so they are not arm joints and are "
+                      "left out of the joint states and commands, yet they still move in the images; add a "
+                      "<position> actuator for each joint the arm should command", stacklevel=4)
 
 
 class ArmSim:
     def __init__(self, cfg: SimConfig | None = None):
         self.cfg = cfg = cfg or SimConfig()
         _check_numbers(cfg)
-        path = BUILTIN_SCENE if cfg.scene in ("", "builtin") else Path(cfg.scene).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"scene file {path} does not exist (use 'builtin' or an MJCF path)")
-        try:
-            self.model = mujoco.MjModel.from_xml_path(str(path))
-        except ValueError as e:
-            raise ConfigError(f"MuJoCo cannot load scene {path}: {e}") from None
+        path = scene_path(cfg.scene)
+        self.model = _load(path)
         self.data = mujoco.MjData(self.model)
         self._scratch = mujoco.MjData(self.model)  # for render_state and IK, never stepped
         self._resolve_names(path)
@@ -110,15 +160,17 @@ class ArmSim:
         self._substeps = round(cfg.control_dt / dt)
         if self._substeps < 1 or abs(self._substeps * dt - cfg.control_dt) > 1e-6 * cfg.control_dt:
             # Else a step simulates another time than control_dt, and /clock and the bags' stamps drift from it.
-            raise ConfigError(f"control_dt {cfg.control_dt} s is not a whole number of scene {path}'s physics steps "
-                              f"({dt} s): use a multiple of {dt} s, or change the scene's <option timestep>")
+            raise SimConfigError("control_dt", f"control_dt {cfg.control_dt} s is not a whole number of scene {path}'s "
+                                 f"physics steps ({dt} s): use a multiple of {dt} s, or change the scene's <option timestep>")
         self._defaults = (self.model.body_mass.copy(), self.model.body_inertia.copy(),
                           self.model.actuator_gainprm.copy(), self.model.actuator_biasprm.copy())
         self._default_armature = self.model.dof_armature.copy()
         try:
             self._renderer = mujoco.Renderer(self.model, cfg.height, cfg.width)
         except ValueError as e:  # an image larger than the scene's offscreen framebuffer
-            raise ConfigError(f"image size {cfg.width}x{cfg.height} does not fit scene {path}: {e}") from None
+            too_big = "width" if cfg.width > self.model.vis.global_.offwidth else "height"
+            raise SimConfigError(too_big, f"image size {cfg.width}x{cfg.height} does not fit scene {path}: "
+                                          f"{_one_line(e)}") from None
         self._render_lock = threading.Lock()
         self._rng = np.random.default_rng(cfg.seed)
         self._blocked: dict[int, float] = {}
@@ -132,7 +184,12 @@ class ArmSim:
         m, cfg = self.model, self.cfg
         cameras = _names(m, mujoco.mjtObj.mjOBJ_CAMERA, m.ncam)
         if cfg.camera not in cameras:
-            raise ConfigError(f"camera {cfg.camera!r} not found in scene {path}; it has cameras {cameras}")
+            hint = ""
+            if path.suffix.lower() == ".urdf":  # a URDF cannot hold a camera (nor a <position> actuator)
+                hint = ("; a URDF has no cameras: wrap it in an MJCF that adds the camera and a <position> actuator "
+                        "per joint (<asset><model file=\"arm.urdf\"/></asset> + <attach>, see README)")
+            raise SimConfigError("camera", f"camera {cfg.camera!r} not found in scene {path}; it has cameras "
+                                           f"{cameras}{hint}")
         self._camera = cfg.camera
         # Each arm joint is driven by the position actuator whose transmission targets it. Only a position servo
         # (force = kp (ctrl - q) ...) takes a command in radians, as ros2_control's position interface does: a
@@ -145,16 +202,21 @@ class ArmSim:
                 j = int(m.actuator_trnid[a, 0])
                 if m.jnt_type[j] in (int(mujoco.mjtJoint.mjJNT_HINGE), int(mujoco.mjtJoint.mjJNT_SLIDE)):
                     actuated.setdefault(_name(m, mujoco.mjtObj.mjOBJ_JOINT, j), (j, a))
-        names = list(cfg.joint_names) or list(actuated)
         joints = _names(m, mujoco.mjtObj.mjOBJ_JOINT, m.njnt)
+        names = list(cfg.joint_names)
+        if not names:
+            names = list(actuated)
+            _warn_left_out(path, [n or f"#{j}" for j, n in enumerate(joints)
+                                  if m.jnt_type[j] in (int(mujoco.mjtJoint.mjJNT_HINGE), int(mujoco.mjtJoint.mjJNT_SLIDE))
+                                  and n not in actuated])
         for n in names:
             if n not in joints:
-                raise ConfigError(f"joint {n!r} not found in scene {path}; it has joints {joints}")
+                raise SimConfigError("joint_names", f"joint {n!r} not found in scene {path}; it has joints {joints}")
             if n not in actuated:
-                raise ConfigError(f"joint {n!r} in scene {path} has no position actuator (a <motor> or <velocity> "
-                                  "does not take positions); add a <position> actuator for it")
+                raise SimConfigError("joint_names", f"joint {n!r} in scene {path} has no position actuator (a <motor> "
+                                                    "or <velocity> does not take positions); add a <position> actuator for it")
         if not names:
-            raise ConfigError(f"scene {path} has no hinge or slide joints driven by <position> actuators")
+            raise SimConfigError("scene", f"scene {path} has no hinge or slide joints driven by <position> actuators")
         self._joint_names = names
         jids = [actuated[n][0] for n in names]
         self._act = np.array([actuated[n][1] for n in names])
@@ -166,7 +228,8 @@ class ArmSim:
         self._obj_qpos = None
         if cfg.object_body:
             if cfg.object_body not in bodies:
-                raise ConfigError(f"object body {cfg.object_body!r} not found in scene {path}; it has bodies {bodies}")
+                raise SimConfigError("object_body", f"object body {cfg.object_body!r} not found in scene {path}; "
+                                                    f"it has bodies {bodies}")
             self._obj_body = bodies.index(cfg.object_body)
         else:
             free = [j for j in range(m.njnt) if m.jnt_type[j] == int(mujoco.mjtJoint.mjJNT_FREE)]
@@ -174,13 +237,14 @@ class ArmSim:
         if self._obj_body is not None:
             j = m.body_jntadr[self._obj_body]
             if j < 0 or m.jnt_type[j] != int(mujoco.mjtJoint.mjJNT_FREE):
-                raise ConfigError(f"object body {bodies[self._obj_body]!r} in scene {path} needs a free joint to move")
+                raise SimConfigError("object_body", f"object body {bodies[self._obj_body]!r} in scene {path} needs a "
+                                                    "free joint to move")
             self._obj_qpos, self._obj_dof = int(m.jnt_qposadr[j]), int(m.jnt_dofadr[j])
 
         sites = _names(m, mujoco.mjtObj.mjOBJ_SITE, m.nsite)
         site = cfg.ee_site or ("ee" if "ee" in sites else "")
         if site and site not in sites:
-            raise ConfigError(f"end-effector site {site!r} not found in scene {path}; it has sites {sites}")
+            raise SimConfigError("ee_site", f"end-effector site {site!r} not found in scene {path}; it has sites {sites}")
         self._ee_site = sites.index(site) if site else None
         self._ee_body = int(m.jnt_bodyid[jids[-1]])
         moved = {int(m.jnt_bodyid[j]) for j in jids}
@@ -251,29 +315,34 @@ class ArmSim:
         self._set_state(self.data, q, xy)
         self.data.ctrl[self._act] = q
         mujoco.mj_forward(m, self.data)
+        # Where the object rests and the height of what it rests on (the table's top): what table_problem keeps to.
+        self._rest_z = float(self.object_pos()[2])
+        self._table_z = self.surface_z(xy, self._rest_z) if self.has_object else None
         return self._observe()
 
     def _apply_robot_change(self):
         scales = self.cfg.joint_gain_scale
         if scales and len(scales) != self.n_joints:
-            raise ConfigError(f"joint_gain_scale has {len(scales)} values; the arm has {self.n_joints} joints")
+            raise SimConfigError("joint_gain_scale",
+                                 f"joint_gain_scale has {len(scales)} values; the arm has {self.n_joints} joints")
         for i, scale in enumerate(scales):
             if scale != 1.0:
                 self.set_joint_gain(i, scale)
         offsets = self.cfg.joint_offset
         if offsets and len(offsets) != self.n_joints:
-            raise ConfigError(f"joint_offset has {len(offsets)} values; the arm has {self.n_joints} joints")
+            raise SimConfigError("joint_offset", f"joint_offset has {len(offsets)} values; the arm has {self.n_joints} joints")
         for a, off in zip(self._act, offsets):  # force = kp * (command + offset - q)
             self.model.actuator_biasprm[a, 0] = self.model.actuator_gainprm[a, 0] * off
         for body, kg in self.cfg.added_mass.items():
             b = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_BODY, body)
             if b < 0:
                 bodies = _names(self.model, mujoco.mjtObj.mjOBJ_BODY, self.model.nbody)
-                raise ConfigError(f"added_mass names body {body!r}, which is not in the scene; it has bodies {bodies}")
+                raise SimConfigError("added_mass", f"added_mass names body {body!r}, which is not in the scene; it has "
+                                                   f"bodies {bodies}")
             mass = float(self._defaults[0][b]) + kg
             if not mass > 0:
-                raise ConfigError(f"added_mass {body}={kg} leaves body {body!r} with mass {mass:g} kg; "
-                                  "it must stay > 0")
+                raise SimConfigError("added_mass", f"added_mass {body}={kg} leaves body {body!r} with mass {mass:g} kg; "
+                                                   "it must stay > 0")
             self.set_link_mass(body, mass)
 
     def _check_joints(self, joint_pos) -> np.ndarray:
@@ -430,6 +499,44 @@ class ArmSim:
         self.data.qpos[self._obj_qpos:self._obj_qpos + 2] = np.asarray(xy, float)
         self.data.qvel[self._obj_dof:self._obj_dof + 6] = 0.0
         mujoco.mj_forward(self.model, self.data)
+
+    def surface_z(self, xy, from_z: float) -> float | None:
+        """Height of the static scene (the table, the floor) under `xy`, looking down from height `from_z`; None over
+        nothing. What moves (the arm, the object) is looked through."""
+        m, d = self.model, self.data
+        pnt, down = np.array([xy[0], xy[1], from_z], dtype=float), np.array([0.0, 0.0, -1.0])
+        geom = np.zeros(1, np.int32)
+        for _ in range(8):
+            dist = mujoco.mj_ray(m, d, pnt, down, None, 1, -1, geom)
+            if dist < 0:
+                return None
+            pnt[2] -= dist
+            if m.body_weldid[m.geom_bodyid[geom[0]]] == 0:  # welded to the world: static
+                return float(pnt[2])
+            pnt[2] -= 1e-6  # on down, through the arm or the object
+        return None
+
+    def table_problem(self, xy) -> str:
+        """Why the object cannot be put at `xy` ("" if it can): it would not stand on the static surface it stood on
+        at the last reset (the table). "" also without an object, or for one that started over nothing static."""
+        if self._table_z is None:
+            return ""
+        z = self.surface_z(xy, self._rest_z)
+        if z is not None and abs(z - self._table_z) <= SURFACE_TOLERANCE:
+            return ""
+        below = "nothing" if z is None else f"a surface at z {z:.3f} m"
+        return f"off the table ({below} under it; the object started on a surface at z {self._table_z:.3f} m)"
+
+    def random_jump(self, distance: float, rng) -> np.ndarray | None:
+        """The object's position now, moved `distance` in a random direction (drawn from `rng`) that keeps it on the
+        table; None if none of JUMP_TRIES directions does (an object by an edge, a jump longer than the table)."""
+        here = self.object_xy()
+        for _ in range(JUMP_TRIES):
+            angle = rng.uniform(0, 2 * np.pi)
+            new = here + distance * np.array([np.cos(angle), np.sin(angle)])
+            if not self.table_problem(new):
+                return new
+        return None
 
     def block_joint(self, i: int, blocked: bool = True):
         """Joint i stops where it is, whatever the command (a jammed joint or an engaged brake)."""
