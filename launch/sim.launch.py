@@ -7,6 +7,8 @@ The simulator publishes /camera/image_raw, /camera/camera_info and
 /joint_states and listens on /arm_controller/joint_trajectory and
 /arm_controller/commands like ros2_control would; perturbation services are
 under /sim/ (teleport_object, block_joint, freeze_camera, occlude_camera, reset).
+The surprise monitor starts with its stop latched: call /surprise_monitor/reset
+once the camera is live, then teleop or /command_gate/engage.
 `sim_params_file` is the simulator's parameter file (default: the shipped
 config/sim.yaml): yours names your scene, camera and joints; keys it leaves out
 keep their defaults.

@@ -339,6 +339,23 @@ def test_frames_stamped_on_another_clock_are_refused(tmp_path):
     assert len(read_bag(bag, _cfg(image_size=16, action_type="delta")).images) == 4  # commands unused
 
 
+def test_on_the_recorder_clock_streams_that_miss_each_other_are_named_not_blamed_on_clocks(tmp_path):
+    # The camera recorded for the first 3 s, the commands only from 5 s on: one clock, two moments.
+    msgs = []
+    for i in range(80):
+        ns = BASE_NS + i * 100 * MS
+        if i < 30:
+            msgs.append(("/camera/image_raw", ns, image_msg(ns, _frame(i % 25, 16))))
+        msgs.append(("/joint_states", ns, joint_state_msg(ns, JOINTS, [i, -i])))
+        if i >= 50:
+            msgs.append(("/arm_controller/joint_trajectory", ns, trajectory_msg(ns, JOINTS, [i + 1, -i - 1])))
+    bag = write_bag(tmp_path / "apart", msgs)
+    with pytest.raises(BagError, match=re.escape(
+            "commands on /arm_controller/joint_trajectory 1700000005.000 s to 1700000007.900 s: they hardly "
+            "overlap; record both for the whole episode")):
+        read_bag(bag, _cfg(image_size=16, stamps="receive"))
+
+
 def test_commands_that_start_late_or_frames_that_start_late_are_one_clock(tmp_path):
     # 10 s recordings: the operator commands only in the last second, or the camera starts after 6 s.
     s = read_bag(_clock_bag(tmp_path / "late_commands", n=100, commands_from=90), _cfg(image_size=16))

@@ -181,7 +181,7 @@ def test_eval_refuses_bad_numbers_on_the_command_line(tmp_path, capsys, flag, va
     ("planner:\n  ros__parameters:\n    sampels: 64\n",
      r"unknown key\(s\) \['sampels'\].*did you mean 'sampels' -> 'samples'"),
     ("planer:\n  ros__parameters:\n    samples: 64\n", r"no 'planner: ros__parameters:' section .*\['planer'\]"),
-    ("planner:\n  ros__parameters:\n    samples: many\n", "ros__parameters.samples is 'many'; it must be an integer"),
+    ("planner:\n  ros__parameters:\n    samples: many\n", "ros__parameters: samples must be an integer, got 'many'"),
     ("planner: [\n", "not valid YAML"),
     (None, "no such file"),
 ])

@@ -95,7 +95,7 @@ def test_an_interrupted_run_resumes_where_it_left_off(tmp_path, monkeypatch):
         assert torch.allclose(value, resumed.state_dict()[name], atol=1e-6), name
 
 
-def test_a_run_resumes_when_its_config_spells_out_a_default(tmp_path, capsys):
+def test_a_run_resumes_when_its_config_spells_out_a_default_or_comes_from_an_earlier_version(tmp_path, capsys):
     from jepa_wm.core.config import ModelConfig
     from jepa_wm.train.pipeline import fit
     from jepa_wm.train.synthetic import synthetic_episodes
@@ -107,6 +107,11 @@ def test_a_run_resumes_when_its_config_spells_out_a_default(tmp_path, capsys):
     # The same settings, written out: the same run, resumed, not "another run".
     fit(eps, {"model": {"preset": "tiny", "latent_dim": latent}, "data": {"max_gap_s": 1.0},
               "train": {**train, "steps": 3}}, tmp_path, sources=["synthetic"])
+    assert "resuming" in capsys.readouterr().out
+    # A folder from a version that stored the sections as written resumes too.
+    state = torch.load(tmp_path / "train_state.pt", weights_only=True)
+    torch.save({**state, "run": {**state["run"], "model": {"preset": "tiny"}, "data": {}}}, tmp_path / "train_state.pt")
+    fit(eps, {"model": {"preset": "tiny"}, "train": {**train, "steps": 4}}, tmp_path, sources=["synthetic"])
     assert "resuming" in capsys.readouterr().out
 
 

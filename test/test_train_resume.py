@@ -158,6 +158,17 @@ def test_ctrl_c_says_in_one_line_where_the_run_stopped_and_how_to_resume(tmp_pat
     assert f"resuming {tmp_path / 'run'} from step 4" in capsys.readouterr().out
 
 
+def test_ctrl_c_outside_the_training_loop_says_interrupted(tmp_path, capsys, monkeypatch):
+    import jepa_wm.cli.export as export
+
+    def stopped(args):  # as while bags load, or an export runs
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export, "run", stopped)
+    assert cli(["export", "--preset", "tiny", "--out", str(tmp_path / "onnx")]) == 130
+    assert capsys.readouterr().err == "jepa-wm export: interrupted\n"
+
+
 @pytest.mark.parametrize("section, key, value, message", [
     ("train", "lr", "1e-3", "train config: lr must be a number, got '1e-3' (YAML reads an exponent as a number only "
               "with a dot and a sign, like 1.0e-3)"),
@@ -168,13 +179,15 @@ def test_ctrl_c_says_in_one_line_where_the_run_stopped_and_how_to_resume(tmp_pat
     ("train", "grad_clip", "0", "train grad_clip must be positive, got 0"),
     ("train", "warmup", "-5", "train warmup must be a finite number >= 0, got -5"),
     ("model", "latent_dim", "'16'", "model config: latent_dim must be an integer, got '16'"),
+    ("data", "cache_dir", "off", "data config: cache_dir must be a string, got False (YAML reads an unquoted off, "
+             "no, on or yes as false or true: quote it)"),
 ])
 def test_a_config_value_of_the_wrong_type_or_range_is_one_line_naming_the_key(tmp_path, capsys, section, key,
                                                                                value, message):
     # Each of these failed late with a traceback (a str compared with an int, NaN at step 1), or trained without a
     # word ("no" is a true string; a negative warmup is none).
     sections = {"model": {"preset": "tiny"}, "train": {"steps": "2", "batch_size": "8", "val_every": "2"}}
-    sections[section][key] = value  # YAML text, so that 1e-3 reads as the user wrote it
+    sections.setdefault(section, {})[key] = value  # YAML text, so that 1e-3 reads as the user wrote it
     config = tmp_path / "train.yaml"
     config.write_text("".join(f"{s}:\n" + "".join(f"  {k}: {v}\n" for k, v in keys.items())
                               for s, keys in sections.items()))

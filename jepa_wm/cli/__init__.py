@@ -132,7 +132,7 @@ def main(argv=None) -> int:
         if os.environ.get("JEPA_WM_TRACEBACK"):
             raise
         if os.environ.get("RANK", "0") == "0":  # under torchrun every rank gets the Ctrl-C: rank 0 speaks for all
-            print(f"jepa-wm {args.command}: {e or 'interrupted'}", file=sys.stderr)
+            print(f"jepa-wm {args.command}: {str(e) or 'interrupted'}", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 

@@ -4,9 +4,10 @@ Every (preset, backend) pair runs in a fresh subprocess so that its peak
 resident memory (ru_maxrss) is that configuration's alone. The parent measures
 this machine's dense matmul rate (2048^3, 512^3 with --quick; fp32 and bf16) in the same run, makes
 the seeded planning problems, and checks every backend's plans against the
-PyTorch fp32 reference. Random weights (PyTorch's default Linear init, AdaLN
-included, so that actions matter as they do after training) unless --model
-gives a checkpoint. Speed targets live here, not in the tests.
+PyTorch fp32 reference. The sim preset runs the shipped checkpoint (or
+--model); the others random weights (PyTorch's default Linear init, AdaLN
+included, so that actions matter as they do after training). Speed targets
+live here, not in the tests.
 
 JSON fields (one record per preset x backend in "results"):
   preset, backend, precision, params (model parameters)

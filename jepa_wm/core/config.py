@@ -54,6 +54,8 @@ def check_types(cls, data: dict, where: str):
             hint = ""
             if hints[key] is float and isinstance(value, str) and re.fullmatch(r"[-+]?[\d.]+[eE][-+]?\d+", value):
                 hint = " (YAML reads an exponent as a number only with a dot and a sign, like 1.0e-3)"
+            elif hints[key] is str and isinstance(value, bool):
+                hint = " (YAML reads an unquoted off, no, on or yes as false or true: quote it)"
             raise ConfigError(f"{where}: {key} must be {_TYPE_NAMES.get(hints[key], hints[key])}, got {value!r}{hint}")
 
 

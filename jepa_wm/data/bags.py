@@ -369,16 +369,18 @@ MIN_OVERLAP = 0.1
 OVERLAP_SLACK_NS = 1_000_000_000
 
 
-def _check_same_clock(path, frame_stamps, stamps, what: str):
+def _check_same_clock(path, frame_stamps, stamps, what: str, cfg: DataConfig):
     """Refuse a stream stamped on another clock than the frames (a camera's own, sim time): interpolation would
     hold its first or last value for every frame, a constant action or joint state."""
     f0, f1, s0, s1 = frame_stamps[0], frame_stamps[-1], stamps[0], stamps[-1]
     overlap = min(f1, s1) - max(f0, s0)
     if overlap >= MIN_OVERLAP * min(f1 - f0, s1 - s0) - OVERLAP_SLACK_NS:
         return
-    raise BagError(f"bag {path}: camera frames are stamped {f0 / 1e9:.3f} s to {f1 / 1e9:.3f} s, {what} "
-                   f"{s0 / 1e9:.3f} s to {s1 / 1e9:.3f} s: they hardly overlap, so their header stamps come from "
-                   "different clocks; set data.stamps: receive to use the recorder's receive times")
+    where = f"camera frames are stamped {f0 / 1e9:.3f} s to {f1 / 1e9:.3f} s, {what} {s0 / 1e9:.3f} s to {s1 / 1e9:.3f} s"
+    if cfg.stamps == "receive":  # one recorder's clock: one of them was recorded only for a moment
+        raise BagError(f"bag {path}: {where}: they hardly overlap; record both for the whole episode")
+    raise BagError(f"bag {path}: {where}: they hardly overlap, so their header stamps come from different clocks; "
+                   "set data.stamps: receive to use the recorder's receive times")
 
 
 def read_bag(path, cfg: DataConfig) -> BagStreams:
@@ -400,11 +402,11 @@ def _streams(path, m: _Messages, cfg: DataConfig) -> BagStreams:
     names = _joint_order(path, m, cfg)
     image_stamps, images = _sorted(m.image_stamps, np.stack(m.images))
     joint_stamps, joint_pos = _sorted(*_joint_states(path, m, names, cfg))
-    _check_same_clock(path, image_stamps, joint_stamps, f"joint states on {cfg.joint_state_topic}")
+    _check_same_clock(path, image_stamps, joint_stamps, f"joint states on {cfg.joint_state_topic}", cfg)
     rows = _command_rows(path, m, names, cfg) if cfg.action_type == "command" else []
     command_stamps, commands, offsets = _sorted(*_padded(rows, len(names)))
     if cfg.action_type == "command":
-        _check_same_clock(path, image_stamps, command_stamps, f"commands on {cfg.action_topic}")
+        _check_same_clock(path, image_stamps, command_stamps, f"commands on {cfg.action_topic}", cfg)
     return BagStreams(image_stamps, images, names, joint_stamps, joint_pos, command_stamps, commands, offsets,
                       *_sorted(m.object_stamps, np.array(m.objects, float).reshape(len(m.objects), 3)))
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from jepa_wm.core.config import ConfigError, PlannerConfig
+from jepa_wm.core.config import ConfigError, PlannerConfig, check_types
 from jepa_wm.resources import config_file, model_file
 
 PLANNER_KEYS = ("samples", "iterations", "warm_iterations", "elites", "horizon", "cost", "joint_weight")
@@ -61,13 +61,9 @@ def planner_config(path=None, **overrides) -> PlannerConfig:
     """CEM settings from the planner node's parameter file, so evaluation plans exactly as deployment does."""
     params = node_parameters("planner", path)
     chosen = {k: params[k] for k in PLANNER_KEYS if k in params}
-    defaults, where = PlannerConfig(), f"--planner-config {path}" if path else config_file("planner.yaml")
-    for k, v in chosen.items():
-        # The ROS node would refuse a value of the wrong type; PlannerConfig alone would fail mid-plan.
-        want = type(getattr(defaults, k))
-        if isinstance(v, bool) or not isinstance(v, (int, float) if want is float else want):
-            kind = "a number" if want is float else "an integer" if want is int else "a string"
-            raise ConfigError(f"{where}: planner.ros__parameters.{k} is {v!r}; it must be {kind}")
+    where = f"--planner-config {path}" if path else config_file("planner.yaml")
+    # The ROS node would refuse a value of the wrong type; PlannerConfig alone would fail mid-plan.
+    check_types(PlannerConfig, chosen, f"{where}: planner.ros__parameters")
     return PlannerConfig(**chosen, **overrides)
 
 

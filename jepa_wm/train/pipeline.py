@@ -136,19 +136,34 @@ def run_identity(config: dict, episodes, parent=None) -> dict:
     def source(s):
         return str(Path(s).resolve()) if Path(s).exists() else s
 
-    # Settings as they take effect, so that writing out a default (or leaving one out) is the same run.
     train = TrainConfig.from_dict(config.get("train", {}))
-    data = dataclasses.asdict(dataclass_from_dict(DataConfig, config.get("data") or {}, "data config"))
-    return {
+    return in_effect({
         "parent": None if parent is None else f"{Path(parent).resolve()} (sha256 {sha256(parent)[:16]})",
         "bags": sorted({source(ep.source) for ep in episodes}),
-        "data": {k: v for k, v in data.items() if k != "cache_dir"},
-        "model": model_config(config.get("model")).to_dict(),
+        "data": config.get("data") or {},
+        "model": config.get("model") or {},
         "val_fraction": config.get("val_fraction", 0.1),
         # Everything but how long and how often it logs: a run may be resumed to train longer.
         "train": {k: v for k, v in dataclasses.asdict(train).items() if k not in ("steps", "val_every", "log_every",
                                                                                   "workers")},
-    }
+    }, episodes[0].actions.shape[-1])
+
+
+def in_effect(run: dict, joints: int) -> dict:
+    """`run` with its model and data settings as they take effect (the robot's joint count included), so that
+    writing out a default, or leaving one out, is the same run."""
+    data = dataclasses.asdict(dataclass_from_dict(DataConfig, run.get("data") or {}, "data config"))
+    data.pop("cache_dir")  # where frames are cached is this machine's business
+    return {**run, "data": data, "model": model_config(run.get("model"), action_dim=joints).to_dict()}
+
+
+def stored_in_effect(run: dict, joints: int) -> dict:
+    """A run identity stored by an earlier version (its sections as written), as `in_effect` has it now; one whose
+    settings no longer load stays as it was, and so differs."""
+    try:
+        return in_effect(run, joints)
+    except (ConfigError, TypeError):
+        return run
 
 
 def collect_manifest(bag_paths) -> dict:
@@ -234,7 +249,7 @@ def fit(episodes, config: dict, out_dir, parent: str | None = None, sources=None
     train_eps, val_eps = split_episodes(episodes, config.get("val_fraction", 0.1), tcfg.seed)
     joints = {ep.actions.shape[1] for ep in episodes}
     if len(joints) != 1:
-        raise ValueError(f"episodes disagree on the number of joints: {sorted(joints)} action values")
+        raise ConfigError(f"episodes disagree on the number of joints: {sorted(joints)} action values")
     joints = joints.pop()
 
     if parent:
@@ -302,7 +317,8 @@ def fit(episodes, config: dict, out_dir, parent: str | None = None, sources=None
         meta["action_max_step"] = np.maximum(max_step, parent_meta.get("action_max_step", max_step)).tolist()
 
     t0 = time.time()
-    metrics = train(model, train_set, val_set, tcfg, out, meta, run=run_identity(config, episodes, parent))
+    metrics = train(model, train_set, val_set, tcfg, out, meta, run=run_identity(config, episodes, parent),
+                    in_effect=lambda stored: stored_in_effect(stored, joints))
     model.cpu()  # calibration and the joint probe feed it CPU frames, and the checkpoint is saved from here
     path = out / "model.safetensors"
     if is_main_process():

@@ -296,11 +296,12 @@ def _resume_weights(state: dict, state_path: Path, ckpt_path: Path, cfg) -> tupl
 
 
 def train(model: WorldModel, train_set, val_set, cfg: TrainConfig, out_dir, meta: dict | None = None,
-          run: dict | None = None) -> dict:
+          run: dict | None = None, in_effect=None) -> dict:
     """Train `model` on ClipDatasets; writes out_dir/{model.safetensors, train_state.pt, metrics.jsonl, losses.png}.
 
     Resumes from out_dir/train_state.pt when it exists, where the run left off (same weights, batches and random
-    state on every rank), and only if it was started as the same `run` (what identifies it: parent, data, recipe).
+    state on every rank), and only if it was started as the same `run` (what identifies it: parent, data, recipe;
+    `in_effect` maps the stored one to the form of `run`, for folders written by an earlier version).
     Rank 0 holds out_dir meanwhile: a second run there is refused. Returns the final validation metrics.
     """
     env = Distributed()
@@ -313,12 +314,12 @@ def train(model: WorldModel, train_set, val_set, cfg: TrainConfig, out_dir, meta
     out.mkdir(parents=True, exist_ok=True)
     with exclusive(out) if env.main else contextlib.nullcontext():
         env.start()
-        metrics = _train(model, train_set, val_set, cfg, out, meta, run, env)
+        metrics = _train(model, train_set, val_set, cfg, out, meta, run, in_effect, env)
     env.close()
     return metrics
 
 
-def _train(model, train_set, val_set, cfg: TrainConfig, out: Path, meta, run, env: Distributed) -> dict:
+def _train(model, train_set, val_set, cfg: TrainConfig, out: Path, meta, run, in_effect, env: Distributed) -> dict:
     torch.manual_seed(cfg.seed + env.rank)
     model.to(env.device)
     params = trainable_parameters(model, cfg.freeze_encoder)
@@ -330,9 +331,12 @@ def _train(model, train_set, val_set, cfg: TrainConfig, out: Path, meta, run, en
     step, saved, metrics, rng, elapsed = 0, None, {}, None, 0.0
     if state_path.exists():
         state = _read_state(state_path)
-        if run is not None and state.get("run") is not None and state["run"] != run:
+        stored = state.get("run")
+        if stored is not None and in_effect is not None:
+            stored = in_effect(stored)
+        if run is not None and stored is not None and stored != run:
             raise RunMismatch(f"{out} holds another run, so this one cannot resume there: "
-                              + "; ".join(_differences(state["run"], run))
+                              + "; ".join(_differences(stored, run))
                               + f". Give another --out, or delete {out} to start over")
         # A finished run resumed for its calibration keeps its metrics.
         weights, metrics = _resume_weights(state, state_path, ckpt_path, model.cfg)
