@@ -406,3 +406,26 @@ def test_a_whitening_matrix_that_does_not_fit_the_latent_refuses_to_start(start_
     mon = start_node("surprise_monitor", "monitor.yaml", {"model": str(bad)})
     assert mon.proc.wait(timeout=60) == 2, mon.output
     assert "whitening matrix of shape (5, 5) for a 16-dim latent" in mon.output, mon.output
+
+
+def test_a_camera_too_slow_for_the_step_is_named_in_the_log_and_the_stop(ros, start_node, tiny_checkpoint):
+    # Frames 0.2 s apart, predictions 0.1 s ahead: none can be scored. The prediction watchdog's stop must say why,
+    # not send the operator after the planner.
+    mon = _start(start_node, tiny_checkpoint, score_only_in_autonomy=True, camera_timeout=5.0)
+    cam = Camera(ros)
+    gate = ros.node.create_publisher(String, "/command_gate/state", LATCHED_QOS)
+    assert ros.spin_until(lambda: ros.node.count_subscribers("/camera/image_raw") > 0, 15)
+    cam.reset()
+    gate.publish(String(data=json.dumps({"mode": "autonomy", "engaged": True})))
+    for _ in range(40):
+        src = cam.t0 + int(cam.k * DT * 1e9)
+        cam.run(1, answer=False)
+        cam.k += 1  # every other stamp: a 5 Hz camera
+        cam.pred.publish(vector_msg(np.zeros(16), stamp=Time(sec=src // 10**9, nanosec=src % 10**9)))
+        if cam.stopped():
+            break
+    assert cam.stopped(), mon.output
+    why = "camera frames come every 0.200 s (median)"
+    assert mon.wait_output(why, 3) and mon.wait_output(f"PROTECTIVE STOP latched: no prediction on "
+                                                       f"'/planner/predicted_latent' scored for 1.0 s of autonomy: "
+                                                       f"{why}", 3), mon.output

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from jepa_wm.core.surprise import (
-    SurpriseDetector, calibrate, detect_offline, fit_whitening, residual_error, surprise_score,
+    SurpriseDetector, calibrate, detect_offline, fit_whitening, frame_spacing_problem, residual_error, surprise_score,
 )
 
 
@@ -82,3 +82,14 @@ def test_whitened_score_sees_a_shift_along_a_quiet_direction():
         fit_whitening(nominal[:10])
     with pytest.raises(ValueError, match="latent dimension 7"):
         surprise_score(np.zeros(7), np.zeros(7), 1.0, w)
+
+
+@pytest.mark.parametrize("hz, matches", [(10, True), (20, True), (30, True), (29.97, True), (5, False), (15, False)])
+def test_a_camera_rate_whose_period_does_not_divide_the_step_is_named(hz, matches):
+    # Predictions are 0.1 s ahead and must meet a frame within 0.03 s: a 5 or 15 Hz camera never gives one.
+    stamps = (np.arange(20) * 1e9 / hz).astype(np.int64)
+    problem = frame_spacing_problem(stamps, 0.1, 0.03)
+    assert (problem == "") == matches, problem
+    if not matches:
+        assert f"camera frames come every {1 / hz:.3f} s (median)" in problem and "no prediction can be scored" in problem
+    assert frame_spacing_problem(stamps[:4], 0.1, 0.03) == ""  # too few frames to tell

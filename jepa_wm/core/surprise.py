@@ -112,6 +112,23 @@ def calibrate(nominal_errors, quantile: float = 0.999, margin: float = 1.5, cons
     return SurpriseCalibration(scale, threshold, quantile, consecutive, float(trips.mean()), instant, w)
 
 
+def frame_spacing_problem(stamps_ns, prediction_dt: float, tolerance: float) -> str:
+    """Why predictions `prediction_dt` s ahead of a frame cannot meet a later frame from a camera stamping these
+    frames ("" if they can, or too few frames to tell): its period is not close to a divisor of prediction_dt (a
+    5 Hz camera for 0.1 s steps), so every prediction goes unscored."""
+    gaps = np.diff(np.asarray(stamps_ns, dtype=np.int64)) / 1e9
+    gaps = gaps[gaps > 0]
+    if len(gaps) < 5:
+        return ""
+    period = float(np.median(gaps))
+    k = max(1, round(prediction_dt / period))  # the frame nearest the predicted time
+    if abs(prediction_dt - k * period) <= tolerance:
+        return ""
+    return (f"camera frames come every {period:.3f} s (median), so no frame lies within match_tolerance "
+            f"{tolerance:g} s of prediction_dt {prediction_dt:g} s after another and no prediction can be scored: "
+            f"run the camera at a rate whose period divides {prediction_dt:g} s, or raise match_tolerance")
+
+
 def detect_offline(scores, threshold: float, consecutive: int, episode_lengths=None, instant: float = 3.0) -> np.ndarray:
     """Run a fresh detector over each episode of scores; returns a bool per frame (tripped at that frame)."""
     scores = np.asarray(scores, dtype=np.float64)

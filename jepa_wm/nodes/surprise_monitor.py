@@ -95,6 +95,7 @@ class SurpriseMonitor(Node):
         self.last_score = float("nan")
         self.scored = 0
         self.bad_frames = 0
+        self.spacing = ""  # why the camera's frame rate leaves predictions unmatched ("" = it does not)
         self.joints: dict = {}  # name -> latest measured position
 
         self.stop_pub = self.create_publisher(Bool, p["stop_topic"], LATCHED_QOS)
@@ -240,8 +241,19 @@ class SurpriseMonitor(Node):
         self.observed[t] = z
         while len(self.observed) > 64:
             self.observed.popitem(last=False)
+        self._check_spacing()
         self.observed_pub.publish(vector_msg(z, header=msg.header))
         self._match()
+
+    def _check_spacing(self):
+        """Say once when the camera's frame rate leaves every prediction unmatched: the prediction watchdog's stop
+        would otherwise blame the planner."""
+        from jepa_wm.core.surprise import frame_spacing_problem
+
+        spacing = frame_spacing_problem(list(self.observed)[-20:], self.p["prediction_dt"], self.p["match_tolerance"])
+        if spacing and spacing != self.spacing:
+            self.get_logger().warning(spacing)
+        self.spacing = spacing
 
     def _on_prediction(self, msg: Image):
         try:
@@ -351,9 +363,9 @@ class SurpriseMonitor(Node):
         self.last_tick_ns = now
         pt = self.p["prediction_timeout"]
         if pt > 0 and self.unscored_ns > pt * 1e9:
-            self._latch(f"no prediction on '{self.p['predicted_topic']}' scored for {pt} s of autonomy: none came, "
-                        "or none matched a frame taken while the gate was engaged (a planner slower than the gate's "
-                        "timeouts?)")
+            self._latch(f"no prediction on '{self.p['predicted_topic']}' scored for {pt} s of autonomy: "
+                        + (self.spacing or "none came, or none matched a frame taken while the gate was engaged "
+                                           "(a planner slower than the gate's timeouts?)"))
         self.stop_pub.publish(Bool(data=self.stopped))  # heartbeat: the gate holds when it stops coming
 
     def _latch(self, reason: str):
