@@ -31,6 +31,12 @@ def test_round_trip_restores_config_weights_and_meta(saved):
     assert not loaded.training
 
 
+def test_a_checkpoint_is_readable_by_other_users(saved):
+    # Deployed nodes often run as another user than training did.
+    path, _, _ = saved
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
 def test_mismatched_config_names_both_sides(saved):
     path, model, _ = saved
     other = ModelConfig.preset("tiny", history=3, latent_dim=24)
