@@ -1,5 +1,6 @@
 """Inference backends: ONNX parity, identical plans across runtimes, fallback order, engine cache key."""
 
+import json
 import logging
 import sys
 
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from jepa_wm.backends import select_backend
+from jepa_wm.backends import make_backend, select_backend
 from jepa_wm.backends.onnx_export import export_onnx
 from jepa_wm.backends.ort_backend import OrtEncoder, OrtPredictor
 from jepa_wm.backends.tensorrt_backend import EngineSettings, engine_cache_key
@@ -135,7 +136,7 @@ def test_fallback_skips_tensorrt_and_says_why(exported, no_tensorrt, caplog):
     with caplog.at_level(logging.INFO, logger="jepa_wm.backends"):
         sel = select_backend(["tensorrt", "onnxruntime", "torch"], model=model, onnx_dir=out)
     assert sel.name == "onnxruntime" and isinstance(sel.predictor, OrtPredictor)
-    lines = [r.getMessage() for r in caplog.records if r.name == "jepa_wm.backends"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "jepa_wm.backends" and r.levelno == logging.INFO]
     assert len(lines) == 1
     assert "inference backend: onnxruntime" in lines[0] and "tensorrt unavailable" in lines[0]
     # Without an export, torch runs and both reasons are given.
@@ -160,8 +161,8 @@ def test_build_engine_without_tensorrt_fails_with_a_clear_message(exported, no_t
     _, out = exported
     rc = main(["build-engine", "--onnx", str(out / "rollout.onnx"), "--engine", str(tmp_path / "r.plan"), "--fp16"])
     err = capsys.readouterr().err
-    assert rc != 0
-    assert "cannot build a TensorRT engine" in err and "tensorrt unavailable" in err
+    assert rc == 2
+    assert "jepa-wm build-engine: error: cannot build a TensorRT engine" in err and "tensorrt unavailable" in err
     assert not (tmp_path / "r.plan").exists()
 
 
@@ -169,6 +170,8 @@ def test_export_cli_writes_graphs_and_checks_them(tmp_path, capsys):
     assert main(["export", "--preset", "tiny", "--out", str(tmp_path), "--horizon", "2"]) == 0
     assert {"encoder.onnx", "predictor.onnx", "rollout.onnx", "manifest.json"} <= {p.name for p in tmp_path.iterdir()}
     assert "max abs error" in capsys.readouterr().out
+    verified = json.loads((tmp_path / "manifest.json").read_text())["verified"]
+    assert verified["tolerance"] == 1e-4 and max(verified["max_abs_error"].values()) <= 1e-4
     pred = OrtPredictor(tmp_path, ["CPUExecutionProvider"])
     with pytest.raises(ValueError, match="horizon 2"):
         pred.rollout(torch.zeros(1, 3, 16), torch.zeros(1, 2, 3), torch.zeros(4, 5, 3))
@@ -243,3 +246,143 @@ def test_a_history_1_model_exports_and_verifies(tmp_path):
     model = build_model(ModelConfig.preset("tiny", history=1)).eval()
     export_onnx(model, tmp_path, horizon=2)  # the unused (1, 0, A) history_actions input is dropped from the graph
     assert max(verify(model, tmp_path, batches=(3,)).values()) <= 1e-4
+
+
+# ---------------------------------------------------------------- damaged exports, verification, config errors
+
+
+@pytest.fixture
+def tiny_export(tmp_path):
+    """A tiny model, its checkpoint and its export (horizon 2)."""
+    model = randomised("tiny")
+    ck = _checkpoint(tmp_path / "m.safetensors", model)
+    out = tmp_path / "onnx"
+    export_onnx(model, out, horizon=2, checkpoint=ck)
+    return model, ck, out
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[:1000])
+
+
+def _rehash(out):
+    """Make the manifest's sha256s match the files again (as if the damage happened before they were hashed)."""
+    from jepa_wm.backends.onnx_export import sha256
+
+    m = json.loads((out / "manifest.json").read_text())
+    m["sha256"] = {k: sha256(out / v) for k, v in m["files"].items()}
+    (out / "manifest.json").write_text(json.dumps(m))
+
+
+def _flip_byte(path):
+    data = bytearray(path.read_bytes())
+    data[-2000] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _drop_files(out):
+    m = json.loads((out / "manifest.json").read_text())
+    del m["files"]
+    (out / "manifest.json").write_text(json.dumps(m))
+
+
+@pytest.mark.parametrize("damage, needles", [
+    (lambda d: (_truncate(d / "rollout.onnx"), _rehash(d)), ["rollout.onnx", "cannot load", "INVALID_PROTOBUF"]),
+    (lambda d: _truncate(d / "rollout.onnx"), ["rollout.onnx", "does not match the sha256"]),
+    (lambda d: _flip_byte(d / "rollout.onnx"), ["rollout.onnx", "does not match the sha256"]),
+    (lambda d: (d / "manifest.json").write_text("[]"), ["manifest.json holds a list"]),
+    (lambda d: (d / "manifest.json").write_text("{"), ["manifest.json is not valid JSON"]),
+    (_drop_files, ["manifest.json lacks files"]),
+])
+def test_a_damaged_export_falls_back_to_the_next_backend_and_says_why(tiny_export, no_tensorrt, damage, needles):
+    model, ck, out = tiny_export
+    damage(out)
+    sel = select_backend(["onnxruntime", "torch"], model=model, onnx_dir=out, checkpoint=ck, horizon=2)
+    why = sel.skipped["onnxruntime"]
+    assert sel.name == "torch" and why.startswith("onnxruntime unavailable") and str(out) in why, why
+    for needle in needles:
+        assert needle in why, why
+
+
+def test_an_interrupted_re_export_leaves_no_manifest(tiny_export, monkeypatch):
+    import jepa_wm.backends.onnx_export as ox
+
+    model, ck, out = tiny_export
+    real, calls = ox._export, []
+
+    def interrupted(*a, **k):
+        calls.append(a)
+        if len(calls) == 2:  # Ctrl-C after the new encoder.onnx, before the rest
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(ox, "_export", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export_onnx(randomised("tiny", seed=1), out, horizon=2)
+    # The old manifest would name the old checkpoint beside the new encoder: no backend may use the directory.
+    assert not (out / "manifest.json").exists()
+    sel = select_backend(["onnxruntime", "torch"], model=model, onnx_dir=out, checkpoint=ck, horizon=2)
+    assert sel.name == "torch" and "no exported model" in sel.skipped["onnxruntime"]
+
+
+def test_an_export_that_fails_verification_is_not_published(tmp_path, monkeypatch, capsys):
+    import jepa_wm.cli.export as export_cli
+
+    monkeypatch.setattr(export_cli, "verify", lambda *a, **k: {"encoder": 0.0, "predictor": 0.0, "rollout": 0.5})
+    assert main(["export", "--preset", "tiny", "--out", str(tmp_path), "--horizon", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "jepa-wm export: error:" in err and "5.00e-01" in err and "no manifest.json written" in err, err
+    assert not (tmp_path / "manifest.json").exists()
+
+
+def test_an_unverified_export_is_recorded_and_warned_about(tmp_path, no_tensorrt, caplog):
+    model = randomised("tiny")
+    ck = _checkpoint(tmp_path / "m.safetensors", model)
+    for d, flags in (("plain", ["--no-verify"]), ("checked", [])):
+        assert main(["export", "--model", str(ck), "--out", str(tmp_path / d), "--horizon", "2", *flags]) == 0
+    assert json.loads((tmp_path / "plain" / "manifest.json").read_text())["verified"] is False
+    for d, warned in (("plain", True), ("checked", False)):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="jepa_wm.backends"):
+            sel = select_backend(["onnxruntime"], model=model, onnx_dir=tmp_path / d, checkpoint=ck, horizon=2)
+        assert sel.name == "onnxruntime"
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert bool(warnings) == warned and all("unverified export" in w for w in warnings), warnings
+
+
+def test_onnxruntime_runs_with_the_configured_thread_count(tiny_export):
+    from jepa_wm.backends import load_backend_config
+
+    model, ck, out = tiny_export
+    cfg = load_backend_config()
+    cfg["onnxruntime"].update(providers=["CPUExecutionProvider"], intra_op_num_threads=1)
+    enc, pred = make_backend("onnxruntime", model=model, onnx_dir=out, config=cfg)
+    for session in (enc.session, pred.rollout_session):
+        assert session.get_session_options().intra_op_num_threads == 1
+    assert pred.threads == 1
+
+
+def test_samples_outside_the_tensorrt_batch_profile_are_refused_at_selection(tiny_export, no_tensorrt):
+    model, ck, out = tiny_export
+    sel = select_backend(["tensorrt", "torch"], model=model, onnx_dir=out, samples=1000)
+    assert sel.name == "torch"
+    assert "1000 samples are outside the engine's batch profile 1..512" in sel.skipped["tensorrt"]
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("backends:\n  tensorrt: {precision: int8}\n", "backends.tensorrt: tensorrt precision 'int8'"),
+    ("backends:\n  tensorrt: {batch_min: 0}\n", "batch_min <= batch_opt"),
+    ("backends:\n  tensorrt: {fp16: true}\n", "unknown backends.tensorrt key(s) ['fp16']"),
+    ("backends:\n  tensorrt: {batch_max: '512'}\n", "batch_max must be an integer"),
+    ("backends: [1, 2]\n", "backends must be a mapping"),
+    ("backends:\n  order: torch\n", "backends.order is 'torch'; give a non-empty list"),
+    ("backends:\n  order: [torch, cuda]\n", "backends.order is ['torch', 'cuda']"),
+    ("backends:\n  onnxruntime: {intra_op_num_threads: -1}\n", "backends.onnxruntime.intra_op_num_threads is -1"),
+    ("backends: {\n", "not valid YAML"),
+])
+def test_a_bad_backends_yaml_is_a_one_line_error(tmp_path, capsys, text, needle):
+    config = tmp_path / "backends.yaml"
+    config.write_text(text)
+    rc = main(["build-engine", "--onnx", "x.onnx", "--engine", str(tmp_path / "x.plan"), "--config", str(config)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith(f"jepa-wm build-engine: error: {config}: ") and needle in err, err

@@ -35,12 +35,31 @@ def test_quick_bench_writes_the_documented_json(tmp_path, capsys):
     assert "cold plan ms" in capsys.readouterr().out
 
 
-def test_help_hides_the_worker_flag(capsys):
+def test_help_has_no_worker_flag(capsys):
     with pytest.raises(SystemExit) as e:
         main(["bench", "--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "--worker" not in out and "SUPPRESS" not in out
+
+
+def test_onnxruntime_is_measured_with_the_recorded_thread_counts(tmp_path, monkeypatch):
+    """ONNX Runtime's default takes every core: bench passes --threads, and the planner's torch_threads in the
+    closed loop, and the JSON records what ran."""
+    import jepa_wm.backends.ort_backend as ob
+    import jepa_wm.cli.bench as bench
+
+    made = []
+    real = ob._session
+    monkeypatch.setattr(ob, "_session", lambda path, providers=None, threads=0: made.append(threads) or real(
+        path, providers, threads))
+    monkeypatch.setattr(bench, "_run_worker", bench.worker)  # in this process, so that the sessions are seen
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--quick", "--backends", "onnxruntime", "--threads", "2", "--out", str(out)]) == 0
+    rec = json.loads(out.read_text())["results"][0]
+    _, ship_threads = bench.shipped_planner()
+    assert rec["threads"] == 2 and rec["closed_loop_threads"] == ship_threads
+    assert set(made) == {2, ship_threads}
 
 
 @pytest.mark.parametrize("argv, message", [

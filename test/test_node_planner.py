@@ -326,3 +326,17 @@ def test_an_onnx_export_is_used_only_for_its_checkpoint_and_horizon(planner_in_p
     for d in ("h5", "unknown"):
         node = planner_in_process(tiny_checkpoint, backends=["onnxruntime", "torch"], onnx_dir=str(tmp_path / d))
         assert node.backend == "torch"
+
+
+def test_a_truncated_export_falls_back_to_torch_and_the_log_says_why(planner_in_process, tiny_checkpoint, tmp_path,
+                                                                      capfd):
+    from jepa_wm.backends.onnx_export import export_onnx
+    from jepa_wm.core.checkpoint import load_checkpoint
+
+    export_onnx(load_checkpoint(str(tiny_checkpoint))[0], tmp_path, horizon=1, checkpoint=tiny_checkpoint)
+    rollout = tmp_path / "rollout.onnx"
+    rollout.write_bytes(rollout.read_bytes()[:1000])  # a copy cut short
+    node = planner_in_process(tiny_checkpoint, backends=["onnxruntime", "torch"], onnx_dir=str(tmp_path))
+    assert node.backend == "torch"
+    log = capfd.readouterr().err
+    assert "inference backend: torch" in log and f"skipped onnxruntime unavailable: {rollout}" in log, log

@@ -51,6 +51,7 @@ class PredictorBackend:
 
     name = "base"
     precision = "float32"
+    verified = True  # False: runs an export whose outputs `jepa-wm export` never compared with PyTorch
 
     def __init__(self, cfg: ModelConfig):
         self.cfg = cfg

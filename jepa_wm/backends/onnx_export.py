@@ -93,11 +93,13 @@ def _export(module, args, path, input_names, output_names, dynamic_axes):
 
 
 @torch.no_grad()
-def export_onnx(model, out_dir, horizon: int = 5, check: bool = True, checkpoint=None) -> dict:
+def export_onnx(model, out_dir, horizon: int = 5, check: bool = True, checkpoint=None, publish: bool = True) -> dict:
     """Write encoder.onnx, predictor.onnx, rollout.onnx and manifest.json into out_dir; returns the manifest.
 
     checkpoint: the file `model` was loaded from; its sha256 goes into the manifest so that a backend
     made for another checkpoint (a fine-tune) refuses this export instead of running stale weights.
+    publish=False leaves manifest.json unwritten: the caller verifies the graphs first (`jepa-wm export`),
+    records the outcome in manifest["verified"] and calls write_manifest. Published here, "verified" is false.
     """
     import onnx
 
@@ -105,6 +107,9 @@ def export_onnx(model, out_dir, horizon: int = 5, check: bool = True, checkpoint
     model = model.float().eval()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    # The manifest goes first and comes back last: an interrupted re-export leaves no manifest (no backend
+    # uses the directory), never the old one describing another checkpoint beside some new graphs.
+    (out / MANIFEST).unlink(missing_ok=True)
     H, D, A = cfg.history, cfg.latent_dim, cfg.action_block
     g = torch.Generator().manual_seed(0)
     files = {}
@@ -140,6 +145,7 @@ def export_onnx(model, out_dir, horizon: int = 5, check: bool = True, checkpoint
         "horizon": horizon,
         "history": H,
         "files": files,
+        "verified": False,  # jepa-wm export replaces it with the measured errors once they pass
         "sha256": {k: sha256(out / v) for k, v in files.items()},
         "inputs": {
             "encoder": {"pixels": ["batch", 3, cfg.image_size, cfg.image_size]},
@@ -149,8 +155,17 @@ def export_onnx(model, out_dir, horizon: int = 5, check: bool = True, checkpoint
     }
     graph_inputs = {i.name for i in onnx.load(str(out / files["rollout"]), load_external_data=False).graph.input}
     manifest["inputs"]["rollout"] = {k: v for k, v in manifest["inputs"]["rollout"].items() if k in graph_inputs}
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    if publish:
+        write_manifest(out, manifest)
     return manifest
+
+
+def write_manifest(out_dir, manifest: dict) -> None:
+    """manifest.json, written whole or not at all (a reader never sees half a file)."""
+    path = Path(out_dir) / MANIFEST
+    tmp = path.with_name(MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2))
+    tmp.replace(path)
 
 
 def check_manifest(manifest: dict, onnx_dir, checkpoint=None, model_cfg=None, horizon=None) -> None:
@@ -184,8 +199,37 @@ def check_manifest(manifest: dict, onnx_dir, checkpoint=None, model_cfg=None, ho
                          f"the planner plans {horizon}: {fix[:-1]} --horizon {horizon}`")
 
 
+def check_files(manifest: dict, onnx_dir) -> None:
+    """Raise ValueError naming the first graph whose bytes are not the exported ones (a flipped byte, a
+    truncated copy, a graph from another export): ONNX Runtime would run a changed graph without a word."""
+    for name, fname in manifest["files"].items():
+        path = Path(onnx_dir) / fname
+        want = manifest["sha256"].get(name)
+        if not path.is_file():
+            raise ValueError(f"{path} is missing: re-export with `jepa-wm export --out {onnx_dir}`")
+        if sha256(path) != want:
+            raise ValueError(f"{path} does not match the sha256 in {Path(onnx_dir) / MANIFEST} (changed or damaged "
+                             f"since the export): re-export with `jepa-wm export --out {onnx_dir}`")
+
+
+_REQUIRED = {"files": dict, "sha256": dict, "model_config": dict, "horizon": int, "history": int, "inputs": dict}
+
+
 def read_manifest(onnx_dir) -> dict:
+    """The manifest of the export in onnx_dir; a damaged one raises BackendUnavailable naming the file."""
+    from jepa_wm.backends.base import BackendUnavailable
+
     path = Path(onnx_dir) / MANIFEST
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run `jepa-wm export --model CKPT --out {onnx_dir}` first")
-    return json.loads(path.read_text())
+    fix = f"re-export with `jepa-wm export --model CKPT --out {onnx_dir}`"
+    try:
+        manifest = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BackendUnavailable(f"{path} is not valid JSON ({e}): {fix}") from None
+    if not isinstance(manifest, dict):
+        raise BackendUnavailable(f"{path} holds a {type(manifest).__name__}, not a manifest object: {fix}")
+    bad = [k for k, kind in _REQUIRED.items() if not isinstance(manifest.get(k), kind)]
+    if bad:
+        raise BackendUnavailable(f"{path} lacks {', '.join(bad)} (or has the wrong type): {fix}")
+    return manifest

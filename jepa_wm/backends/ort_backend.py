@@ -24,9 +24,11 @@ def _session(path, providers=None, threads: int = 0):
     chosen = [p for p in wanted if p in available] or ["CPUExecutionProvider"]
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        so.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), so, providers=chosen)
+    so.intra_op_num_threads = threads  # 0: onnxruntime's default, all cores
+    try:
+        return ort.InferenceSession(str(path), so, providers=chosen)
+    except Exception as e:  # onnxruntime's own types (InvalidProtobuf, Fail, ...): a damaged or foreign graph
+        raise BackendUnavailable(f"onnxruntime unavailable: cannot load {path}: {type(e).__name__}: {e}") from e
 
 
 def _np(x):
@@ -36,9 +38,10 @@ def _np(x):
 class OrtEncoder(EncoderBackend):
     name = "onnxruntime"
 
-    def __init__(self, onnx_dir, providers=None, threads: int = 0):
-        manifest = read_manifest(onnx_dir)
+    def __init__(self, onnx_dir, providers=None, threads: int = 0, manifest: dict | None = None):
+        manifest = manifest or read_manifest(onnx_dir)
         super().__init__(ModelConfig.from_dict(manifest["model_config"]))
+        self.threads = threads
         self.session = _session(Path(onnx_dir) / manifest["files"]["encoder"], providers, threads)
         self.providers = self.session.get_providers()
 
@@ -49,10 +52,12 @@ class OrtEncoder(EncoderBackend):
 class OrtPredictor(PredictorBackend):
     name = "onnxruntime"
 
-    def __init__(self, onnx_dir, providers=None, threads: int = 0):
-        manifest = read_manifest(onnx_dir)
+    def __init__(self, onnx_dir, providers=None, threads: int = 0, manifest: dict | None = None):
+        """manifest: the export's, when the caller has it (`jepa-wm export` verifies before writing it)."""
+        manifest = manifest or read_manifest(onnx_dir)
         super().__init__(ModelConfig.from_dict(manifest["model_config"]))
-        self.horizon = manifest["horizon"]
+        self.horizon, self.threads = manifest["horizon"], threads
+        self.verified = bool(manifest.get("verified"))
         files = manifest["files"]
         self.rollout_session = _session(Path(onnx_dir) / files["rollout"], providers, threads)
         self.predict_session = None  # built on first predict(): the planner never needs it

@@ -29,14 +29,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from jepa_wm.backends.base import BackendUnavailable, EncoderBackend, PredictorBackend
 from jepa_wm.backends.onnx_export import read_manifest, sha256
-from jepa_wm.core.config import ModelConfig
+from jepa_wm.core.config import ConfigError, ModelConfig
 
 log = logging.getLogger("jepa_wm.backends.tensorrt")
 
@@ -55,14 +55,15 @@ class EngineSettings:
     batch_min: int = 1
     batch_opt: int = 300
     batch_max: int = 512
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.precision not in ("fp32", "fp16", "bf16"):
-            raise ValueError(f"tensorrt precision {self.precision!r}: choose fp32, fp16 or bf16")
+            raise ConfigError(f"tensorrt precision {self.precision!r}: choose fp32, fp16 or bf16")
         if not 0 < self.batch_min <= self.batch_opt <= self.batch_max:
-            raise ValueError(f"tensorrt batch profile needs 0 < min <= opt <= max, got "
-                             f"{self.batch_min}/{self.batch_opt}/{self.batch_max}")
+            raise ConfigError(f"tensorrt batch profile needs 0 < batch_min <= batch_opt <= batch_max, got "
+                              f"{self.batch_min}/{self.batch_opt}/{self.batch_max}")
+        if self.workspace_size <= 0:
+            raise ConfigError(f"tensorrt workspace_size {self.workspace_size}: give a number of bytes > 0")
 
 
 def engine_cache_key(onnx_path, trt_version: str, gpu_name: str, settings: EngineSettings | None = None) -> str:
@@ -271,6 +272,7 @@ class TrtPredictor(PredictorBackend):
         super().__init__(ModelConfig.from_dict(manifest["model_config"]))
         s = settings or EngineSettings()
         self.precision, self.horizon = s.precision, manifest["horizon"]
+        self.verified = bool(manifest.get("verified"))
         built = ensure_engines(onnx_dir, engine_dir or onnx_dir, s, names=("rollout",))
         self.runner = TrtRunner(built["rollout"]["engine"])
 

@@ -18,6 +18,7 @@ JSON fields (one record per preset x backend in "results"):
   cem_warm_cycle_ms             a warm-started replan (warm_iterations), median
   closed_loop_hz                encode one frame + warm-started plan with the shipped planner settings
                                 (config/planner.yaml), 1 / median cycle time
+  threads, closed_loop_threads  torch and ONNX Runtime threads of the timings above, of the closed loop
   peak_rss_mib                  peak resident memory of the subprocess (ru_maxrss)
   flops_per_plan                flops_per_token(cfg) x predictor tokens evaluated by one cold plan
   achieved_gflops               flops_per_plan / cold plan time
@@ -32,7 +33,6 @@ JSON fields (one record per preset x backend in "results"):
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -59,7 +59,6 @@ def add_arguments(p):
     p.add_argument("--problems", type=positive_int, default=None, help="seeded planning problems per config (default 3)")
     p.add_argument("--out", default="bench.json", help="JSON output path")
     p.add_argument("--threads", type=nonnegative_int, default=0, help="torch threads (0: all cores)")
-    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
 
 
 def lewm_planner():
@@ -182,10 +181,13 @@ def worker(spec: dict) -> dict:
         def backends(horizon):
             return pair
     else:
-        from jepa_wm.backends import make_backend
+        from jepa_wm.backends import load_backend_config, make_backend
 
-        def backends(horizon):
-            return make_backend(backend, onnx_dir=spec["onnx_dirs"][str(horizon)])
+        def backends(horizon, n_threads=threads):
+            # ONNX Runtime gets the thread count explicitly: its default (0) takes every core.
+            cfg = load_backend_config()
+            cfg["onnxruntime"]["intra_op_num_threads"] = n_threads
+            return make_backend(backend, onnx_dir=spec["onnx_dirs"][str(horizon)], config=cfg)
         params = spec["params"]
     cfg = ModelConfig.from_dict(spec["model_config"])
     pc = PlannerConfig(**spec["planner"])
@@ -229,8 +231,12 @@ def worker(spec: dict) -> dict:
 
     # Closed loop with the planner node's shipped settings: encode one frame, then a warm-started plan.
     ship = PlannerConfig(**spec["closed_loop_planner"])
-    torch.set_num_threads(spec["closed_loop_threads"] or threads)
-    enc2, pred2 = backends(ship.horizon) if ship.horizon != pc.horizon else (enc, pred)
+    loop_threads = spec["closed_loop_threads"] or threads
+    torch.set_num_threads(loop_threads)
+    if backend.startswith("torch"):
+        enc2, pred2 = backends(ship.horizon) if ship.horizon != pc.horizon else (enc, pred)
+    else:  # new sessions: a session's thread count is fixed when it is made
+        enc2, pred2 = backends(ship.horizon, loop_threads)
     planner = CEMPlanner(pred2, ship, seed=0)
     hist, hist_a, goal = (torch.tensor(p0[k]) for k in ("history", "history_actions", "goal"))
 
@@ -245,7 +251,7 @@ def worker(spec: dict) -> dict:
     ms = _median_ms(cycle, max(10, 2 * reps), 2)
     rec["closed_loop_ms"] = ms
     rec["closed_loop_hz"] = 1e3 / ms
-    rec["closed_loop_threads"] = torch.get_num_threads()
+    rec["closed_loop_threads"] = loop_threads  # torch's, and ONNX Runtime's sessions for this loop
     rec["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return rec
 
@@ -253,9 +259,7 @@ def worker(spec: dict) -> dict:
 # ----------------------------------------------------------------------------- parent
 
 
-def _run_worker(spec: dict, in_process: bool = False) -> dict:
-    if in_process:
-        return worker(spec)
+def _run_worker(spec: dict) -> dict:
     root = str(Path(__file__).resolve().parents[2])  # import path of this jepa_wm, for the worker
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
@@ -321,9 +325,6 @@ def run(args) -> int:
     from jepa_wm.core.config import PRESETS, ConfigError, PlannerConfig
     from jepa_wm.eval.common import default_model_path
 
-    if args.worker:  # not used by the CLI; kept for symmetry with `python -m jepa_wm.cli.bench SPEC`
-        print(json.dumps(worker(json.loads(Path(args.worker).read_text()))))
-        return 0
     # Every mistake in the command line is reported here, before minutes of benchmarking.
     out = Path(args.out)
     if out.is_dir():

@@ -9,8 +9,6 @@ come from config/backends.yaml (`tensorrt:` section, Isaac ROS parameter names).
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 
 from jepa_wm.cli import positive_int
@@ -40,9 +38,11 @@ def add_arguments(p):
 
 def run(args) -> int:
     from jepa_wm.backends import BackendUnavailable, load_backend_config
+    from jepa_wm.backends.onnx_export import MANIFEST, read_manifest
     from jepa_wm.backends.tensorrt_backend import EngineSettings, build_engine, import_tensorrt
+    from jepa_wm.core.config import ConfigError
 
-    t = dict(load_backend_config(args.config)["tensorrt"])
+    t = dict(load_backend_config(args.config)["tensorrt"])  # ConfigError names the file and the key
     t.pop("model_file_path", None)
     t.pop("engine_file_path", None)
     if args.fp16:
@@ -57,25 +57,22 @@ def run(args) -> int:
     try:
         import_tensorrt()
     except BackendUnavailable as e:
-        print(f"error: cannot build a TensorRT engine here: {e}. TensorRT needs an NVIDIA GPU, the "
-              "tensorrt Python package (pip install 'jepa_wm[tensorrt]') and a CUDA build of PyTorch; "
-              "on this machine use the onnxruntime or torch backend instead.", file=sys.stderr)
-        return 2
+        raise BackendUnavailable(
+            f"cannot build a TensorRT engine here: {e}. TensorRT needs an NVIDIA GPU, the tensorrt Python package "
+            "(pip install 'jepa_wm[tensorrt]') and a CUDA build of PyTorch; on this machine use the onnxruntime "
+            "or torch backend instead.") from None
     if not Path(args.onnx).is_file():
-        print(f"error: ONNX model {args.onnx} not found", file=sys.stderr)
-        return 1
+        raise ConfigError(f"--onnx {args.onnx}: no such file")
     shapes = None
-    manifest = Path(args.onnx).parent / "manifest.json"
-    if manifest.is_file():
-        m = json.loads(manifest.read_text())
+    if (Path(args.onnx).parent / MANIFEST).is_file():
+        m = read_manifest(Path(args.onnx).parent)  # a damaged one is refused, naming the file
         for name, fname in m["files"].items():
             if Path(fname).name == Path(args.onnx).name:
                 shapes = {k: [-1 if isinstance(d, str) else d for d in v] for k, v in m["inputs"][name].items()}
     try:
         result = build_engine(args.onnx, args.engine, settings, force=args.force, input_shapes=shapes)
-    except RuntimeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except RuntimeError as e:  # TensorRT could not parse or build this ONNX file: the message says which
+        raise BackendUnavailable(str(e)) from None
     verb = "built" if result["rebuilt"] else "reused"
     print(f"{verb} {result['engine']} ({result['reason']}; key {result['key'][:16]})")
     return 0

@@ -158,8 +158,8 @@ class Planner(LifecycleNode):
     def on_configure(self, state):
         try:
             self._configure()
-        except ParameterError as e:
-            self.configure_error = str(e)
+        except Exception as e:  # rclpy drops the text of an exception a transition raises: keep it for the refusal
+            self.configure_error = str(e) if isinstance(e, ParameterError) else f"{type(e).__name__}: {e}"
             if not self.autostarting:  # a lifecycle manager's configure: nobody else says why it failed
                 self.get_logger().error(f"configure failed: {e}")
             return TransitionCallbackReturn.FAILURE
@@ -205,16 +205,20 @@ class Planner(LifecycleNode):
         low, high, max_step = normalised_bounds(model, lo, hi, meta.get("action_max_step"))
         self.model, self.torch = model, torch
         from jepa_wm.backends import BackendUnavailable, load_backend_config, select_backend
+        from jepa_wm.core.config import ConfigError
 
-        bcfg = load_backend_config()
-        bcfg["torch"].update(precision=p["precision"], split_batch=1)
         try:
+            bcfg = load_backend_config()
+            bcfg["torch"].update(precision=p["precision"], split_batch=1)
+            # ONNX Runtime's default takes every core: the node's CPU budget is torch_threads for every backend.
+            bcfg["onnxruntime"]["intra_op_num_threads"] = p["torch_threads"]
             onnx_dir = resolve_model(p["onnx_dir"] or bcfg["onnx_dir"])  # relative: here, else the share dir
-            # An export from another checkpoint (a fine-tune's parent) or for another horizon is skipped with
-            # the reason, so selection falls back to the next backend instead of planning with stale weights.
+            # An export from another checkpoint (a fine-tune's parent), for another horizon, or damaged is skipped
+            # with the reason, so selection falls back to the next backend instead of planning with it.
             sel = select_backend(p["backends"], model=model, onnx_dir=onnx_dir, config=bcfg,
-                                 logger=self.get_logger(), checkpoint=resolve_model(p["model"]), horizon=p["horizon"])
-        except BackendUnavailable as e:
+                                 logger=self.get_logger(), checkpoint=resolve_model(p["model"]), horizon=p["horizon"],
+                                 samples=p["samples"])
+        except (BackendUnavailable, ConfigError) as e:
             raise ParameterError(f"parameter 'backends': {e}") from None
         self.backend = sel.name
         self.encode = lambda rgb: sel.encoder.encode(np.array(rgb, dtype=np.uint8)[None])[0].float().numpy()
