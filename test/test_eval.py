@@ -252,6 +252,9 @@ def test_the_evaluation_simulator_takes_the_model_action_order():
 
     sim = make_sim({"sim": {"joint_names": []}, "joint_names": ["elbow", "shoulder", "base_yaw"]})
     assert list(sim.joint_names) == ["elbow", "shoulder", "base_yaw"]
+    # Also when collect recorded its own order (--joint-names): the model's is the one its actions follow.
+    sim = make_sim({"sim": {"joint_names": ["base_yaw", "shoulder", "elbow"]}, "joint_names": ["shoulder", "base_yaw"]})
+    assert list(sim.joint_names) == ["shoulder", "base_yaw"]
     assert list(make_sim({"sim": {}}).joint_names) == ["base_yaw", "shoulder", "elbow"]  # no order recorded: the scene's
 
 

@@ -236,7 +236,10 @@ def select_backend(order=None, model=None, onnx_dir=None, config: dict | None = 
         why = "; ".join(skipped.values())
         msg = f"inference backend: {name} ({', '.join(detail)})" + (f"; skipped {why}" if why else "")
         (logger or log).info(msg)
-        if not pred.verified:
+        if pred.verified is None:  # an export from before the manifest recorded its check
+            (logger or log).info(f"{name} runs an export that does not record whether `jepa-wm export` verified it "
+                                 "(an earlier version's): re-export to record the check")
+        elif not pred.verified:
             (logger or log).warning(f"{name} runs an unverified export (made with --no-verify or by export_onnx): "
                                     "its outputs were never compared with PyTorch; re-export with `jepa-wm export` "
                                     "to check them")

@@ -57,7 +57,7 @@ class OrtPredictor(PredictorBackend):
         manifest = manifest or read_manifest(onnx_dir)
         super().__init__(ModelConfig.from_dict(manifest["model_config"]))
         self.horizon, self.threads = manifest["horizon"], threads
-        self.verified = bool(manifest.get("verified"))
+        self.verified = manifest.get("verified")  # the check's record, False (--no-verify), None (not recorded)
         files = manifest["files"]
         self.rollout_session = _session(Path(onnx_dir) / files["rollout"], providers, threads)
         self.predict_session = None  # built on first predict(): the planner never needs it

@@ -272,7 +272,7 @@ class TrtPredictor(PredictorBackend):
         super().__init__(ModelConfig.from_dict(manifest["model_config"]))
         s = settings or EngineSettings()
         self.precision, self.horizon = s.precision, manifest["horizon"]
-        self.verified = bool(manifest.get("verified"))
+        self.verified = manifest.get("verified")  # the check's record, False (--no-verify), None (not recorded)
         built = ensure_engines(onnx_dir, engine_dir or onnx_dir, s, names=("rollout",))
         self.runner = TrtRunner(built["rollout"]["engine"])
 

@@ -2,7 +2,8 @@
 
 The four nodes run in one executor (spun by a background thread), with the same parameter files
 the launch files use; they talk over DDS exactly as separate processes do. The simulator runs the
-scene the model was trained in (the checkpoint's meta["sim"], as `jepa-wm eval` does).
+scene the model was trained in (the checkpoint's meta["sim"], as `jepa-wm eval` does; a changed
+robot's gains, offsets and masses are not sim node parameters, so the demo runs the robot unchanged).
 A driver then (0) resets the stop the monitor latches at start-up, once the
 camera is live, (1) reaches goal images, (2) occludes the camera while the arm
 moves, which the monitor must flag and the gate must stop, (3) resets the stop

@@ -36,8 +36,11 @@ def save_checkpoint(path, model: WorldModel, meta: dict | None = None) -> Path:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         save_file(tensors, str(tmp), metadata={"jepa_wm": json.dumps(header)})
-        # safetensors creates it owner-only (0600); nodes run as another user must read it, like the other outputs.
-        os.chmod(tmp, 0o644)
+        # safetensors creates it owner-only (0600); nodes run as another user must read it: the umask decides,
+        # as for every other file a run writes.
+        umask = os.umask(0o022)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)  # a failed save leaves neither a half file nor litter beside the old one

@@ -87,8 +87,8 @@ def sim_settings(meta: dict, checkpoint=None) -> dict:
     from jepa_wm.sim.arm import scene_path
 
     settings = dict(meta.get("sim", {}))
-    if not settings.get("joint_names") and meta.get("joint_names"):
-        # The model's action order (data.joint_names may reorder or pick the scene's joints), not the scene's.
+    if meta.get("joint_names"):
+        # The model's action order (data.joint_names may reorder or pick the joints collect recorded), not collect's.
         settings["joint_names"] = list(meta["joint_names"])
     scene = settings.get("scene", "builtin")
     try:

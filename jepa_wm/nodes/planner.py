@@ -39,6 +39,7 @@ import collections
 import json
 import math
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -160,6 +161,8 @@ class Planner(LifecycleNode):
             self._configure()
         except Exception as e:  # rclpy drops the text of an exception a transition raises: keep it for the refusal
             self.configure_error = str(e) if isinstance(e, ParameterError) else f"{type(e).__name__}: {e}"
+            if not isinstance(e, ParameterError):  # not a setting to fix: a bug report needs the traceback
+                self.get_logger().error(traceback.format_exc())
             if not self.autostarting:  # a lifecycle manager's configure: nobody else says why it failed
                 self.get_logger().error(f"configure failed: {e}")
             return TransitionCallbackReturn.FAILURE

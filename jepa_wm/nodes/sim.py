@@ -144,6 +144,7 @@ class SimNode(Node):
             # The simulator names the SimConfig field it refuses, which is this node's parameter of that name; a file
             # it cannot read is the scene's.
             setting = getattr(e, "setting", "scene")
+            setting = setting if setting in p else "scene"  # a SimConfig field this node does not expose
             raise ParameterError(f"parameter '{setting}' is {p[setting]!r}: {e}") from None
         self.joint_names = list(self.sim.joint_names)
         init = p["initial_joint_positions"]

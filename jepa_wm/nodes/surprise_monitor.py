@@ -251,7 +251,7 @@ class SurpriseMonitor(Node):
         from jepa_wm.core.surprise import frame_spacing_problem
 
         spacing = frame_spacing_problem(list(self.observed)[-20:], self.p["prediction_dt"], self.p["match_tolerance"])
-        if spacing and spacing != self.spacing:
+        if spacing and not self.spacing:  # once per spell: a jittery period would re-word it every frame
             self.get_logger().warning(spacing)
         self.spacing = spacing
 

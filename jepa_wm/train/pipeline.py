@@ -136,16 +136,13 @@ def run_identity(config: dict, episodes, parent=None) -> dict:
     def source(s):
         return str(Path(s).resolve()) if Path(s).exists() else s
 
-    train = TrainConfig.from_dict(config.get("train", {}))
     return in_effect({
         "parent": None if parent is None else f"{Path(parent).resolve()} (sha256 {sha256(parent)[:16]})",
         "bags": sorted({source(ep.source) for ep in episodes}),
         "data": config.get("data") or {},
         "model": config.get("model") or {},
         "val_fraction": config.get("val_fraction", 0.1),
-        # Everything but how long and how often it logs: a run may be resumed to train longer.
-        "train": {k: v for k, v in dataclasses.asdict(train).items() if k not in ("steps", "val_every", "log_every",
-                                                                                  "workers")},
+        "train": config.get("train") or {},
     }, episodes[0].actions.shape[-1])
 
 
@@ -154,7 +151,10 @@ def in_effect(run: dict, joints: int) -> dict:
     writing out a default, or leaving one out, is the same run."""
     data = dataclasses.asdict(dataclass_from_dict(DataConfig, run.get("data") or {}, "data config"))
     data.pop("cache_dir")  # where frames are cached is this machine's business
-    return {**run, "data": data, "model": model_config(run.get("model"), action_dim=joints).to_dict()}
+    # Everything but how long and how often it logs: a run may be resumed to train longer.
+    train = {k: v for k, v in dataclasses.asdict(TrainConfig.from_dict(run.get("train") or {})).items()
+             if k not in ("steps", "val_every", "log_every", "workers")}
+    return {**run, "data": data, "model": model_config(run.get("model"), action_dim=joints).to_dict(), "train": train}
 
 
 def stored_in_effect(run: dict, joints: int) -> dict:
