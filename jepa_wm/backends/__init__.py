@@ -202,12 +202,12 @@ def _tensorrt(cfg, model, onnx_dir, precision, checkpoint, horizon, samples):
     if precision:
         t["precision"] = precision
     settings = EngineSettings(**t)
+    import_tensorrt()  # raises BackendUnavailable with the reason (no module, no GPU): the first thing to fix
     if samples is not None and not settings.batch_min <= samples <= settings.batch_max:
         # Checked here, once: the engine would refuse every control step's rollout.
         raise BackendUnavailable(f"tensorrt unavailable: the planner's {samples} samples are outside the engine's "
                                  f"batch profile {settings.batch_min}..{settings.batch_max}: set tensorrt "
                                  "batch_min/batch_max in config/backends.yaml")
-    import_tensorrt()  # raises BackendUnavailable with the reason (no module, no GPU)
     src = t.get("model_file_path") or onnx_dir
     if not src or not (Path(src) / "manifest.json").is_file():
         raise BackendUnavailable(f"tensorrt unavailable: no exported ONNX model in {src}")
