@@ -178,7 +178,7 @@ def worker(spec: dict) -> dict:
         params = model.num_parameters()
         del model  # the backends hold what they need (a bf16 copy, or the same fp32 model)
 
-        def backends(horizon):
+        def backends(horizon, n_threads=None):  # torch's threads are set process-wide
             return pair
     else:
         from jepa_wm.backends import load_backend_config, make_backend
@@ -233,10 +233,12 @@ def worker(spec: dict) -> dict:
     ship = PlannerConfig(**spec["closed_loop_planner"])
     loop_threads = spec["closed_loop_threads"] or threads
     torch.set_num_threads(loop_threads)
-    if backend.startswith("torch"):
-        enc2, pred2 = backends(ship.horizon) if ship.horizon != pc.horizon else (enc, pred)
-    else:  # new sessions: a session's thread count is fixed when it is made
+    # New backends only where the loop needs others: another horizon, or ONNX Runtime sessions on other threads
+    # (a session's thread count is fixed when it is made). A spare pair would count in peak_rss_mib.
+    if ship.horizon != pc.horizon or (backend == "onnxruntime" and loop_threads != threads):
         enc2, pred2 = backends(ship.horizon, loop_threads)
+    else:
+        enc2, pred2 = enc, pred
     planner = CEMPlanner(pred2, ship, seed=0)
     hist, hist_a, goal = (torch.tensor(p0[k]) for k in ("history", "history_actions", "goal"))
 
