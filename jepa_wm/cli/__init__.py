@@ -65,6 +65,14 @@ def fraction(text: str) -> float:
     return _checked(float, text, lambda v: 0 <= v <= 1, "a number in [0, 1]")
 
 
+def name_list(text: str) -> list[str]:
+    """argparse type: a comma-separated list of names, none empty."""
+    names = [n.strip() for n in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of names")
+    return names
+
+
 def _checked(kind, text, ok, what):
     try:
         value = kind(text)

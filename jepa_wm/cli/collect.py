@@ -10,12 +10,13 @@ training only uses to report whether the latent encodes the object.
 
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-from jepa_wm.cli import episode_steps, fraction, nonnegative_float, nonnegative_int, positive_float, positive_int
+from jepa_wm.cli import (
+    episode_steps, fraction, name_list, nonnegative_float, nonnegative_int, positive_float, positive_int,
+)
 
 
 def add_arguments(p):
@@ -44,14 +45,6 @@ def add_arguments(p):
     p.add_argument("--control-dt", type=positive_float, default=0.1, help="seconds per step (default: %(default)s)")
     add_robot_change_arguments(p)
     p.add_argument("--workers", type=positive_int, default=1, help="parallel processes, one simulator each (default: %(default)s)")
-
-
-def name_list(text: str) -> list[str]:
-    """argparse type: a comma-separated list of names, none empty."""
-    names = [n.strip() for n in text.split(",")]
-    if not all(names):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of names")
-    return names
 
 
 def add_robot_change_arguments(p):
